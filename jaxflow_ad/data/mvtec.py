@@ -1,0 +1,385 @@
+"""Reader for folders in the MVTec AD layout.
+
+The layout (Bergmann et al., CVPR 2019; the public archive)::
+
+    <root>/<category>/train/good/000.png
+    <root>/<category>/test/good/000.png
+    <root>/<category>/test/<defect>/000.png
+    <root>/<category>/ground_truth/<defect>/000_mask.png
+
+Numbering restarts in every folder, so a sample is identified by
+``(split, defect_type, stem)``, never by its stem alone. Good images have no
+mask file; their mask is all False at the image's native size. Masks are
+binarised with ``> 0`` (the archive stores 0/255, other tools write 0/1).
+
+Everything that looks wrong raises one :class:`DatasetError` naming the file
+and the fix; nothing is skipped silently. The only files ignored are hidden
+ones (names starting with ``.``) and loose files directly under the root or a
+category folder (the archive ships ``license.txt`` and ``readme.txt`` there).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import pathlib
+import re
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "DatasetError",
+    "IMAGE_EXTENSIONS",
+    "MVTEC_CATEGORIES",
+    "MVTEC_TEXTURE_CATEGORIES",
+    "Record",
+    "Split",
+    "list_categories",
+    "load_split",
+    "read_image",
+    "read_mask",
+    "scan_split",
+]
+
+# The 15 categories of the public MVTec AD archive and its 5 texture classes
+# (the ones PyramidFlow's official code augments with flips and rot90).
+MVTEC_CATEGORIES = (
+    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather",
+    "metal_nut", "pill", "screw", "tile", "toothbrush", "transistor", "wood",
+    "zipper",
+)
+MVTEC_TEXTURE_CATEGORIES = ("carpet", "grid", "leather", "tile", "wood")
+
+# Compared lower-case, so .PNG and .Png are accepted too.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SPLITS = ("train", "test")
+GOOD = "good"
+MASK_SUFFIX = "_mask"
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file is missing, unreadable or inconsistent.
+
+    The message names the offending path and says how to fix it.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One sample found on disk, before any pixel is read."""
+
+    split: str
+    defect_type: str          # "good" or the defect folder name
+    stem: str                 # file name without extension
+    image_path: pathlib.Path
+    mask_path: pathlib.Path | None  # None for good images
+
+    @property
+    def label(self) -> int:
+        return 0 if self.defect_type == GOOD else 1
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.split, self.defect_type, self.stem)
+
+
+@dataclasses.dataclass
+class Split:
+    """One split of one category, fully in memory.
+
+    Attributes:
+      images: float32 [N, S, S, 3] in [0, 1], resized to ``image_size`` with
+        PIL bilinear; grayscale files are converted to RGB.
+      masks: N bool arrays at each image's native resolution (H, W); all
+        False for good images.
+      labels: int32 [N], 1 = defective.
+      defect_types: "good" or the defect folder name, per sample.
+      paths: image file paths (str), per sample.
+    """
+
+    images: np.ndarray
+    masks: list[np.ndarray]
+    labels: np.ndarray
+    defect_types: list[str]
+    paths: list[str]
+    split: str = ""
+    category: str = ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def keys(self) -> list[tuple[str, str, str]]:
+        """Unique ``(split, defect_type, stem)`` per sample."""
+        return [(self.split, d, pathlib.Path(p).stem)
+                for d, p in zip(self.defect_types, self.paths)]
+
+    def masks_at(self, size: int, threshold: float = 0.5) -> np.ndarray:
+        """Masks resized to ``[N, size, size]`` bool.
+
+        Each 0/1 mask is resized as float32 with PIL bilinear (which averages
+        over the footprint when shrinking) and then thresholded at
+        ``threshold``. With the default 0.5 this equals the rounding of a
+        bilinear resize that PyramidFlow's official pipeline uses, and unlike
+        nearest-neighbour it does not shift or alias region borders
+        depending on which source pixel a sample happens to hit. A very thin
+        defect (under about ``native / size / 2`` pixels wide) can vanish at
+        low resolution; pass a lower ``threshold`` to keep any touched pixel.
+        """
+        out = np.zeros((len(self.masks), size, size), dtype=bool)
+        for i, m in enumerate(self.masks):
+            if not m.any():
+                continue
+            if m.shape == (size, size):
+                out[i] = m
+                continue
+            f = Image.fromarray(m.astype(np.float32), mode="F")
+            f = f.resize((size, size), Image.Resampling.BILINEAR)
+            out[i] = np.asarray(f) >= threshold
+        return out
+
+
+# ----------------------------------------------------------------------------
+# Scanning the folders (no pixels read)
+
+
+def _natural_key(name: str):
+    """'2' < '10', and a total order on any string."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t)
+            for t in re.split(r"(\d+)", name)]
+
+
+def _is_hidden(p: pathlib.Path) -> bool:
+    return p.name.startswith(".")
+
+
+def _image_files(folder: pathlib.Path, what: str) -> dict[str, pathlib.Path]:
+    """Image files in ``folder`` keyed by stem; anything unexpected raises."""
+    files: dict[str, pathlib.Path] = {}
+    for p in sorted(folder.iterdir()):
+        if _is_hidden(p):
+            continue
+        if p.is_dir():
+            raise DatasetError(
+                f"Unexpected folder {p} inside the {what} folder {folder}: the "
+                "MVTec AD layout has only image files there. Move it out of "
+                "the dataset.")
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DatasetError(
+                f"Unexpected file {p}: only images with extensions "
+                f"{', '.join(IMAGE_EXTENSIONS)} (any case) may be in {folder}. "
+                "Remove or rename the file.")
+        if p.stem in files:
+            raise DatasetError(
+                f"Two files with the same stem {p.stem!r} in {folder}: "
+                f"{files[p.stem].name} and {p.name}. Keep only one.")
+        files[p.stem] = p
+    return files
+
+
+def _category_dir(root: str | os.PathLike, category: str) -> pathlib.Path:
+    root = pathlib.Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(
+            f"Dataset root {root} does not exist or is not a folder. Pass the "
+            "folder that holds one sub-folder per category (for MVTec AD, the "
+            "folder where the archive was extracted; for the built-in set, "
+            "the path returned by jaxflow_ad.data.ensure_builtin()).")
+    cat_dir = root / category
+    if not cat_dir.is_dir():
+        found = list_categories(root)
+        raise DatasetError(
+            f"Category {category!r} not found: {cat_dir} is not a folder. "
+            f"Categories under {root}: {', '.join(found) if found else 'none'}. "
+            "Fix the category name or the root.")
+    return cat_dir
+
+
+def list_categories(root: str | os.PathLike) -> list[str]:
+    """Sorted names of the sub-folders of ``root`` that hold train/ or test/."""
+    root = pathlib.Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(
+            f"Dataset root {root} does not exist or is not a folder. Pass the "
+            "folder that holds one sub-folder per category.")
+    return sorted(
+        p.name for p in root.iterdir()
+        if p.is_dir() and not _is_hidden(p)
+        and ((p / "train").is_dir() or (p / "test").is_dir()))
+
+
+def _find_mask(gt_dir: pathlib.Path, stem: str,
+               masks: dict[str, pathlib.Path]) -> pathlib.Path | None:
+    with_suffix = masks.get(stem + MASK_SUFFIX)
+    plain = masks.get(stem)
+    if with_suffix is not None and plain is not None:
+        raise DatasetError(
+            f"Two masks for the image stem {stem!r} in {gt_dir}: "
+            f"{with_suffix.name} and {plain.name}. Keep only "
+            f"{stem}{MASK_SUFFIX}.png.")
+    return with_suffix if with_suffix is not None else plain
+
+
+def scan_split(root: str | os.PathLike, category: str, split: str) -> list[Record]:
+    """All samples of a split, sorted by (defect type, file name), validated
+    for layout only (existence, pairing of images and masks)."""
+    if split not in SPLITS:
+        raise DatasetError(f"split must be one of {SPLITS}, got {split!r}.")
+    cat_dir = _category_dir(root, category)
+    split_dir = cat_dir / split
+    if not split_dir.is_dir():
+        raise DatasetError(
+            f"Missing folder {split_dir}: a category in the MVTec AD layout "
+            f"needs {split}/good/ with images. Check the root and category.")
+    records: list[Record] = []
+    for sub in sorted(split_dir.iterdir(), key=lambda p: _natural_key(p.name)):
+        if _is_hidden(sub):
+            continue
+        if not sub.is_dir():
+            raise DatasetError(
+                f"Unexpected file {sub}: {split_dir} must hold only folders "
+                "(good/ and, for test, one folder per defect type). Move it.")
+        defect = sub.name
+        if split == "train" and defect != GOOD:
+            raise DatasetError(
+                f"Unexpected folder {sub}: the training split holds only "
+                f"defect-free images in {split_dir / GOOD}. Move {defect}/ "
+                "under test/ (with masks under ground_truth/) or remove it.")
+        images = _image_files(sub, f"{split}/{defect}")
+        masks: dict[str, pathlib.Path] = {}
+        gt_dir = cat_dir / "ground_truth" / defect
+        if defect != GOOD:
+            if not gt_dir.is_dir():
+                raise DatasetError(
+                    f"Missing mask folder {gt_dir} for the defect images in "
+                    f"{sub}. Every image test/{defect}/<stem>.png needs "
+                    f"ground_truth/{defect}/<stem>{MASK_SUFFIX}.png.")
+            masks = _image_files(gt_dir, f"ground_truth/{defect}")
+        used: set[str] = set()
+        for stem in sorted(images, key=_natural_key):
+            mask_path = None
+            if defect != GOOD:
+                mask_path = _find_mask(gt_dir, stem, masks)
+                if mask_path is None:
+                    raise DatasetError(
+                        f"No mask for the defect image {images[stem]}: expected "
+                        f"{gt_dir / (stem + MASK_SUFFIX + '.png')}. Add the "
+                        "mask or move the image out of the dataset.")
+                used.add(mask_path.stem)
+            records.append(Record(split, defect, stem, images[stem], mask_path))
+        orphans = sorted(set(masks) - used, key=_natural_key)
+        if orphans:
+            raise DatasetError(
+                f"Mask {masks[orphans[0]]} has no image "
+                f"{sub / (orphans[0].removesuffix(MASK_SUFFIX) + '.png')}"
+                f"{f' ({len(orphans)} orphan masks in {gt_dir})' if len(orphans) > 1 else ''}. "
+                "Add the image or remove the mask.")
+    if not records:
+        raise DatasetError(
+            f"The {split} split of {category!r} is empty: no images under "
+            f"{split_dir}. Put images in {split_dir / GOOD}"
+            f"{' and defect folders' if split == 'test' else ''}.")
+    return records
+
+
+# ----------------------------------------------------------------------------
+# Reading pixels
+
+
+def _open(path: pathlib.Path, what: str) -> Image.Image:
+    try:
+        im = Image.open(path)
+        im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(
+            f"Cannot read the {what} {path}: {type(e).__name__}: {e}. The file "
+            "is corrupt, truncated or not an image; replace it with a good "
+            "copy (re-extract the archive) or remove it.") from e
+    return im
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """An RGB PIL image (grayscale, palette and RGBA converted)."""
+    im = _open(pathlib.Path(path), "image")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A bool [H, W] mask: any nonzero pixel (in any channel) is defective."""
+    im = _open(pathlib.Path(path), "mask")
+    a = np.asarray(im)
+    if a.ndim == 3:
+        a = a.any(axis=-1)
+    return a > 0
+
+
+def _load_one(rec: Record, image_size: int | None):
+    im = read_image(rec.image_path)
+    native = (im.height, im.width)
+    if image_size is not None and native != (image_size, image_size):
+        im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
+    if rec.mask_path is None:
+        mask = np.zeros(native, dtype=bool)
+    else:
+        mask = read_mask(rec.mask_path)
+        if mask.shape != native:
+            raise DatasetError(
+                f"Mask {rec.mask_path} is {mask.shape[1]}x{mask.shape[0]} "
+                f"(WxH) but its image {rec.image_path} is {native[1]}x{native[0]}. "
+                "A mask must have its image's size; regenerate or replace it.")
+    return arr, mask
+
+
+def load_split(root: str | os.PathLike, category: str, split: str,
+               image_size: int | None = 256, *,
+               num_workers: int | None = None) -> Split:
+    """Read one split of one category into memory.
+
+    Args:
+      root: folder holding one sub-folder per category.
+      category: e.g. "bottle" or a built-in category.
+      split: "train" or "test".
+      image_size: side S of the square output images (PIL bilinear, aspect
+        not preserved); None keeps the native size, which must then be the
+        same for all images.
+      num_workers: threads decoding images (default: min(8, CPUs)); PIL
+        releases the GIL while decoding and resizing.
+
+    Raises:
+      DatasetError: on any missing, unreadable or inconsistent file.
+    """
+    if image_size is not None and (not isinstance(image_size, (int, np.integer))
+                                   or image_size < 1):
+        raise DatasetError(
+            f"image_size must be a positive int or None, got {image_size!r}.")
+    records = scan_split(root, category, split)
+    workers = num_workers or min(8, os.cpu_count() or 1)
+    if workers > 1 and len(records) > 1:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            loaded = list(pool.map(lambda r: _load_one(r, image_size), records))
+    else:
+        loaded = [_load_one(r, image_size) for r in records]
+    if image_size is None:
+        first = loaded[0][0].shape
+        for rec, (a, _) in zip(records, loaded):
+            if a.shape != first:
+                raise DatasetError(
+                    f"Images of {category}/{split} differ in size: "
+                    f"{rec.image_path} is {a.shape[1]}x{a.shape[0]}, "
+                    f"{records[0].image_path} is {first[1]}x{first[0]}. Pass "
+                    "image_size=S to resize them all to SxS.")
+    n = len(records)
+    images = np.empty((n,) + loaded[0][0].shape, dtype=np.float32)
+    for i, (a, _) in enumerate(loaded):
+        np.multiply(a, np.float32(1.0 / 255.0), out=images[i])
+    return Split(
+        images=images,
+        masks=[m for _, m in loaded],
+        labels=np.array([r.label for r in records], dtype=np.int32),
+        defect_types=[r.defect_type for r in records],
+        paths=[str(r.image_path) for r in records],
+        split=split,
+        category=category,
+    )
+
