@@ -1,1 +1,28 @@
-"""metrics."""
+"""Host-side (NumPy/SciPy/scikit-learn) anomaly-detection metrics.
+
+Image level: `image_auroc`, `image_ap`, `image_f1_max`. Pixel level: `pixel_auroc`,
+`pixel_ap`, `pixel_f1_max`, and `aupro` / `pro_curve` (official MVTec AD definition,
+8-connected regions, exact curve, FPR limit 0.3). `evaluate` computes all of them at native
+mask resolution or at a fixed square size; `resize_maps` / `resize_masks` do the resizing.
+Generic 1-D versions: `average_precision`, `f1_max`.
+"""
+from jaxflow_ad.metrics._inputs import DegenerateMetricWarning
+from jaxflow_ad.metrics.aupro import area_up_to, aupro, pro_curve
+from jaxflow_ad.metrics.classification import (
+    average_precision,
+    f1_max,
+    image_ap,
+    image_auroc,
+    image_f1_max,
+    pixel_ap,
+    pixel_auroc,
+    pixel_f1_max,
+)
+from jaxflow_ad.metrics.evaluate import METRIC_KEYS, evaluate
+from jaxflow_ad.metrics.resize import resize_maps, resize_masks
+
+__all__ = [
+    "DegenerateMetricWarning", "METRIC_KEYS", "area_up_to", "aupro", "average_precision",
+    "evaluate", "f1_max", "image_ap", "image_auroc", "image_f1_max", "pixel_ap",
+    "pixel_auroc", "pixel_f1_max", "pro_curve", "resize_maps", "resize_masks",
+]

@@ -1,0 +1,76 @@
+"""One call for all image- and pixel-level metrics of a test set."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from jaxflow_ad.metrics._inputs import (
+    check_image_inputs,
+    gather_pixels,
+    image_list,
+    require_both_classes,
+    require_positives,
+)
+from jaxflow_ad.metrics.aupro import _check_fpr_limit, aupro_from_pixels
+from jaxflow_ad.metrics.classification import image_ap, image_auroc, image_f1_max, pr_summary
+
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap",
+               "image_f1_max", "pixel_f1_max")
+
+
+def evaluate(labels, image_scores, masks, maps, *, fpr_limit: float = 0.3,
+             resolution="native") -> dict[str, float]:
+    """Image AUROC/AP/F1-max and pixel AUROC/AP/F1-max/AUPRO of one test set.
+
+    Args:
+      labels: [N] 0 = normal, 1 = anomalous.
+      image_scores: [N] image anomaly scores.
+      masks: ground truth, anomalous where > 0: an array [N,H,W] or a list of N [H,W] arrays
+        of possibly different sizes (MVTec AD masks at native resolution). Normal images
+        need an all-zero mask of the image's size.
+      maps: [N,h,w] array or list of N [h,w] anomaly maps, usually at model resolution.
+      fpr_limit: FPR integration limit of AUPRO (0.3 is the MVTec AD standard).
+      resolution: where pixel metrics are computed.
+        "native" (default, as the official MVTec AD evaluation): each map is bilinearly
+        upsampled to the size of its own mask (`resize_maps`); masks are untouched.
+        An int S (anomalib style, which scores at model resolution): masks are resized to
+        SxS by nearest neighbour (`resize_masks`, not bilinear + threshold) and maps
+        bilinearly to SxS. Downsampling masks can erase small regions and changes region
+        sizes, so the two settings give different AUPROs; report which one you used.
+
+    Returns:
+      A dict with float values under the keys image_auroc, pixel_auroc, aupro, image_ap,
+      pixel_ap, image_f1_max, pixel_f1_max.
+
+    Memory: pixels are flattened once (bool mask, float32 score, int32 region label: 9 bytes
+    per pixel, about 0.9 GB for 100 images of 1024x1024); each metric then sorts them
+    once, transiently needing roughly 3 x 8 bytes per pixel more.
+
+    Raises:
+      ValueError: mismatched counts, NaN/inf scores, labels other than 0/1, only one class
+        among the images or among the pixels (AUROC undefined), bad `resolution` or
+        `fpr_limit`.
+    """
+    lim = _check_fpr_limit(fpr_limit)
+    y, s = check_image_inputs(labels, image_scores, "evaluate")
+    masks = image_list(masks, "masks")
+    maps = image_list(maps, "maps")
+    for name, n in (("masks", len(masks)), ("maps", len(maps))):
+        if n != y.shape[0]:
+            raise ValueError(
+                f"evaluate: got {y.shape[0]} labels but {n} {name}; there must be one label, "
+                "one image score, one mask and one map per test image.")
+    require_both_classes(y, "image_auroc", "images")
+
+    out = {
+        "image_auroc": image_auroc(y, s),
+        "image_ap": image_ap(y, s),
+        "image_f1_max": image_f1_max(y, s),
+    }
+    px = gather_pixels(masks, maps, resolution=resolution, with_regions=True, func="evaluate")
+    require_both_classes(px.y, "pixel_auroc", "pixels")
+    require_positives(px.y, "pixel_ap", "pixels")
+    out["pixel_auroc"] = float(roc_auc_score(px.y, px.s))
+    out["pixel_ap"], out["pixel_f1_max"], _ = pr_summary(px.y, px.s)
+    out["aupro"] = aupro_from_pixels(px, lim)
+    return {k: float(out[k]) for k in METRIC_KEYS}
