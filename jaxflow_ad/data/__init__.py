@@ -1,1 +1,64 @@
-"""data."""
+"""Datasets: MVTec-AD-layout reader, the built-in synthetic set, augmentation, tfds.
+
+Quick start::
+
+    from jaxflow_ad import data
+    root = data.ensure_builtin()                       # written once, offline
+    train = data.load_split(root, "coin", "train", 256)
+    test = data.load_split(root, "coin", "test", 256)
+    masks = test.masks_at(256)                          # [N, 256, 256] bool
+
+The tensorflow-datasets builder lives in ``jaxflow_ad.data.tfds_mvtec`` and is
+imported lazily (``data.MvtecLayout``), so importing this package stays cheap.
+"""
+from .augment import flip_rot90
+from .mvtec import (
+    IMAGE_EXTENSIONS,
+    MVTEC_CATEGORIES,
+    MVTEC_TEXTURE_CATEGORIES,
+    DatasetError,
+    Record,
+    Split,
+    list_categories,
+    load_split,
+    read_image,
+    read_mask,
+    scan_split,
+)
+from .synthetic import (
+    BUILTIN_CATEGORIES,
+    DEFECT_KINDS,
+    OBJECT_CATEGORIES,
+    TEXTURE_CATEGORIES,
+    Sample,
+    default_root,
+    ensure_builtin,
+    render_sample,
+)
+
+_LAZY = {"MvtecLayout": "tfds_mvtec", "MvtecLayoutConfig": "tfds_mvtec",
+         "build_tfds": "tfds_mvtec"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def is_texture(category: str) -> bool:
+    """True for texture categories (MVTec AD's five and the built-in ones):
+    the ones PyramidFlow's official pipeline augments with flips and rot90."""
+    return category in MVTEC_TEXTURE_CATEGORIES or category in TEXTURE_CATEGORIES
+
+
+__all__ = [
+    "BUILTIN_CATEGORIES", "DEFECT_KINDS", "DatasetError", "IMAGE_EXTENSIONS",
+    "MVTEC_CATEGORIES", "MVTEC_TEXTURE_CATEGORIES", "MvtecLayout",
+    "MvtecLayoutConfig", "OBJECT_CATEGORIES", "Record", "Sample", "Split",
+    "TEXTURE_CATEGORIES", "build_tfds", "default_root", "ensure_builtin",
+    "flip_rot90", "is_texture", "list_categories", "load_split", "read_image",
+    "read_mask", "render_sample", "scan_split",
+]
