@@ -142,7 +142,9 @@ def _transform(torch_value: np.ndarray, leaf: str, target_shape: tuple) -> np.nd
 
 def template(arch: str) -> dict:
     """Flax variable shapes for ``arch`` (flattened ``{(collection, *path): ShapeDtypeStruct}``)."""
-    module, args = backbones.build_module(arch, include_top=True), backbones.dummy_inputs(arch)
+    opts = ({"num_group": 8, "group_size": 4} if backbones.family(arch) == "pointmae"
+            else {"include_top": True})
+    module, args = backbones.build_module(arch, **opts), backbones.dummy_inputs(arch)
     shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args))
     return traverse_util.flatten_dict(jax.tree_util.tree_map(lambda s: s, dict(shapes)))
 
