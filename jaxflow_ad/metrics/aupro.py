@@ -35,6 +35,7 @@ import warnings
 
 import numpy as np
 
+from jaxflow_ad.metrics._curves import sweep
 from jaxflow_ad.metrics._inputs import DegenerateMetricWarning, PixelData, gather_pixels
 
 
@@ -67,39 +68,12 @@ def pro_curve_from_pixels(px: PixelData) -> tuple[np.ndarray, np.ndarray, np.nda
 
     See the module docstring for the definition. The first point is (0, 0) with threshold
     +inf; FPR and PRO are non-decreasing; threshold k is the score at which point k is
-    reached (predicted anomalous: score >= threshold). Memory: about 3 x 8 bytes per pixel
-    transiently (the sort order, then the cumulative sums).
+    reached (predicted anomalous: score >= threshold).
     """
-    if px.regions is None:
-        raise ValueError("pro_curve_from_pixels needs region labels (with_regions=True).")
-    scores, regions = px.s, px.regions
-    sizes = np.bincount(regions, minlength=px.n_regions + 1).astype(np.int64)
-    n_bg = int(sizes[0])
-    n = scores.shape[0]
-
-    order = np.argsort(scores)[::-1]  # descending; order inside ties does not matter
-    sorted_scores = scores[order]
-    keep = np.empty(n, dtype=bool)  # last point of each run of equal scores
-    np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=keep[:-1])
-    keep[-1] = True
-    thresholds = sorted_scores[keep]
-    del sorted_scores
-    sorted_regions = regions[order]
-    del order
-
-    fp = np.cumsum(sorted_regions == 0, dtype=np.int64)[keep]
-    inv_size = np.zeros(px.n_regions + 1, dtype=np.float64)
-    inv_size[1:] = 1.0 / sizes[1:]
-    pro = np.cumsum(inv_size[sorted_regions], dtype=np.float64)[keep]
-    del sorted_regions
-
-    fpr = fp / np.float64(n_bg)
-    pro /= np.float64(px.n_regions)
-    np.minimum(fpr, 1.0, out=fpr)
-    np.minimum(pro, 1.0, out=pro)
-    fpr = np.concatenate(([0.0], fpr))
-    pro = np.concatenate(([0.0], pro))
-    thresholds = np.concatenate(([np.inf], thresholds.astype(np.float64)))
+    res = sweep(px, curve=True)
+    fpr = np.concatenate(([0.0], res["fpr"]))
+    pro = np.concatenate(([0.0], res["pro"]))
+    thresholds = np.concatenate(([np.inf], res["thresholds"]))
     return fpr, pro, thresholds
 
 
@@ -128,14 +102,13 @@ def area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
 
 
 def aupro_from_pixels(px: PixelData, fpr_limit: float = 0.3) -> float:
-    """AUPRO from already flattened `PixelData` (used by `evaluate`)."""
+    """AUPRO from already flattened `PixelData` with region labels."""
     lim = _check_fpr_limit(fpr_limit)
     msg = _degenerate(px)
     if msg is not None:
         warnings.warn(msg, DegenerateMetricWarning, stacklevel=3)
         return 0.0
-    fpr, pro, _ = pro_curve_from_pixels(px)
-    return area_up_to(fpr, pro, lim) / lim
+    return sweep(px, fpr_limit=lim)["pro_area"] / lim
 
 
 def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

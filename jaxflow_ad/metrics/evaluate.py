@@ -1,9 +1,7 @@
 """One call for all image- and pixel-level metrics of a test set."""
 from __future__ import annotations
 
-import numpy as np
-from sklearn.metrics import roc_auc_score
-
+from jaxflow_ad.metrics._curves import sweep
 from jaxflow_ad.metrics._inputs import (
     check_image_inputs,
     gather_pixels,
@@ -11,8 +9,8 @@ from jaxflow_ad.metrics._inputs import (
     require_both_classes,
     require_positives,
 )
-from jaxflow_ad.metrics.aupro import _check_fpr_limit, aupro_from_pixels
-from jaxflow_ad.metrics.classification import image_ap, image_auroc, image_f1_max, pr_summary
+from jaxflow_ad.metrics.aupro import _check_fpr_limit
+from jaxflow_ad.metrics.classification import image_ap, image_auroc, image_f1_max
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap",
                "image_f1_max", "pixel_f1_max")
@@ -42,9 +40,13 @@ def evaluate(labels, image_scores, masks, maps, *, fpr_limit: float = 0.3,
       A dict with float values under the keys image_auroc, pixel_auroc, aupro, image_ap,
       pixel_ap, image_f1_max, pixel_f1_max.
 
+    Pixel metrics are computed from ONE descending sort of all pixels (`_curves.sweep`)
+    instead of one scikit-learn call per metric; they equal `roc_auc_score`,
+    `average_precision_score` and the brute-force F1-max (tested), about 10x faster.
+
     Memory: pixels are flattened once (bool mask, float32 score, int32 region label: 9 bytes
-    per pixel, about 0.9 GB for 100 images of 1024x1024); each metric then sorts them
-    once, transiently needing roughly 3 x 8 bytes per pixel more.
+    per pixel, about 0.9 GB for 100 images of 1024x1024); the sort needs about 17 more
+    bytes per pixel, and the curves are then walked in chunks of 2**20 pixels.
 
     Raises:
       ValueError: mismatched counts, NaN/inf scores, labels other than 0/1, only one class
@@ -70,7 +72,11 @@ def evaluate(labels, image_scores, masks, maps, *, fpr_limit: float = 0.3,
     px = gather_pixels(masks, maps, resolution=resolution, with_regions=True, func="evaluate")
     require_both_classes(px.y, "pixel_auroc", "pixels")
     require_positives(px.y, "pixel_ap", "pixels")
-    out["pixel_auroc"] = float(roc_auc_score(px.y, px.s))
-    out["pixel_ap"], out["pixel_f1_max"], _ = pr_summary(px.y, px.s)
-    out["aupro"] = aupro_from_pixels(px, lim)
+    # Both classes present => at least one region and one background pixel, so AUPRO is
+    # defined. One descending sort serves all four pixel metrics.
+    res = sweep(px, fpr_limit=lim)
+    out["pixel_auroc"] = res["auroc"]
+    out["pixel_ap"] = res["ap"]
+    out["pixel_f1_max"] = res["f1_max"]
+    out["aupro"] = res["pro_area"] / lim
     return {k: float(out[k]) for k in METRIC_KEYS}

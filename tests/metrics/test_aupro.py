@@ -278,3 +278,16 @@ def test_no_warning_on_regular_input():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         aupro(masks, maps)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 37])
+@pytest.mark.parametrize("fpr_limit", [0.3, 0.05, 1.0])
+def test_chunked_sweep_matches_slow_reference(monkeypatch, chunk, fpr_limit):
+    from jaxflow_ad.metrics import _curves
+
+    monkeypatch.setattr(_curves, "CHUNK", chunk)
+    masks, maps = _random_case(60, quantize=3)
+    assert aupro(masks, maps, fpr_limit) == pytest.approx(slow_aupro(masks, maps, fpr_limit),
+                                                          abs=1e-6)
+    masks, maps = _strip_case()
+    assert aupro(masks, maps) == pytest.approx(0.0875 / 0.3, abs=1e-12)

@@ -239,3 +239,35 @@ def test_evaluate_errors():
         M.evaluate(labels, scores, masks, maps, fpr_limit=-0.1)
     with pytest.raises(ValueError, match=r"pixel_auroc is undefined: all \d+ pixels are normal"):
         M.evaluate(labels, scores, [np.zeros_like(m) for m in masks], maps)
+
+
+# ----------------------------------------------------------------------------- shared sort
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 1 << 20])
+@pytest.mark.parametrize("quantize", [None, 3])
+def test_single_sort_sweep_matches_sklearn_for_any_chunking(monkeypatch, chunk, quantize):
+    """evaluate() walks the sorted pixels in chunks; runs of ties may span chunk borders."""
+    from jaxflow_ad.metrics import _curves
+    from jaxflow_ad.metrics._inputs import gather_pixels
+
+    monkeypatch.setattr(_curves, "CHUNK", chunk)
+    masks, maps = _pixel_data(8, n=4, size=(7, 9))
+    masks[3, 0:2, 0:3] = 1
+    if quantize:
+        maps = np.round(maps * quantize) / quantize
+    y, s = masks.ravel() > 0, maps.ravel()
+    px = gather_pixels(masks, maps, with_regions=True)
+    res = _curves.sweep(px, fpr_limit=0.3, curve=True)
+    assert res["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert res["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert res["f1_max"] == pytest.approx(brute_f1_max(y, s), abs=1e-12)
+    assert res["pro_area"] / 0.3 == pytest.approx(
+        M.area_up_to(np.r_[0.0, res["fpr"]], np.r_[0.0, res["pro"]], 0.3) / 0.3, abs=1e-12)
+    monkeypatch.setattr(_curves, "CHUNK", 1 << 20)
+    ref = _curves.sweep(px, curve=True)
+    for key in ("fpr", "pro", "thresholds"):
+        np.testing.assert_allclose(res[key], ref[key], atol=1e-12)
+    labels = np.array([0, 1, 1, 1])
+    got = M.evaluate(labels, maps.reshape(4, -1).max(1), masks, maps)
+    assert got["aupro"] == pytest.approx(res["pro_area"] / 0.3, abs=1e-12)
