@@ -7,7 +7,8 @@ mask resolution or at a fixed square size; `resize_maps` / `resize_masks` do the
 Generic 1-D versions: `average_precision`, `f1_max`.
 """
 from jaxflow_ad.metrics._inputs import DegenerateMetricWarning
-from jaxflow_ad.metrics.aupro import area_up_to, aupro, pro_curve
+from jaxflow_ad.metrics._curves import area_up_to
+from jaxflow_ad.metrics.aupro import aupro, pro_curve
 from jaxflow_ad.metrics.classification import (
     average_precision,
     f1_max,

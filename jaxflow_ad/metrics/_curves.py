@@ -31,6 +31,30 @@ def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.dot(np.diff(x), y[1:] + y[:-1]) * 0.5)
 
 
+def area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+    """Trapezoid-rule area under the polyline (x, y) from x[0] to exactly `x_max`.
+
+    `x` must be non-decreasing with x[0] <= x_max <= x[-1]. Points with x <= x_max are kept;
+    if the last of them lies below `x_max`, y is linearly interpolated between it and the
+    next point and (x_max, y) is appended. Vertical steps (equal x) add no area.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape or x.shape[0] == 0:
+        raise ValueError(f"area_up_to: x and y must be equal-length 1-D arrays; got {x.shape}, "
+                         f"{y.shape}.")
+    if not (x[0] <= x_max <= x[-1]):
+        raise ValueError(f"area_up_to: x_max={x_max} lies outside the curve [{x[0]}, {x[-1]}].")
+    k = int(np.searchsorted(x, x_max, side="right"))  # points with x <= x_max
+    xs, ys = x[:k], y[:k]
+    if xs[-1] < x_max:
+        x0, y0, x1, y1 = x[k - 1], y[k - 1], x[k], y[k]
+        y_at = y0 + (x_max - x0) * (y1 - y0) / (x1 - x0)
+        xs = np.append(xs, x_max)
+        ys = np.append(ys, y_at)
+    return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1])) * 0.5)
+
+
 def sweep(px: PixelData, *, fpr_limit: float | None = None, curve: bool = False) -> dict:
     """All threshold metrics of flattened pixels from one sort.
 
@@ -45,8 +69,6 @@ def sweep(px: PixelData, *, fpr_limit: float | None = None, curve: bool = False)
     Returns:
       dict with "auroc", "ap", "f1_max" and optionally "pro_area", "fpr", "pro", "thresholds".
     """
-    from jaxflow_ad.metrics.aupro import area_up_to  # avoid an import cycle
-
     if px.regions is None:
         raise ValueError("sweep needs region labels (gather_pixels(with_regions=True)).")
     n = px.s.shape[0]

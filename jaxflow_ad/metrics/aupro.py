@@ -77,30 +77,6 @@ def pro_curve_from_pixels(px: PixelData) -> tuple[np.ndarray, np.ndarray, np.nda
     return fpr, pro, thresholds
 
 
-def area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
-    """Trapezoid-rule area under the polyline (x, y) from x[0] to exactly `x_max`.
-
-    `x` must be non-decreasing with x[0] <= x_max <= x[-1]. Points with x <= x_max are kept;
-    if the last of them lies below `x_max`, y is linearly interpolated between it and the
-    next point and (x_max, y) is appended. Vertical steps (equal x) add no area.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.ndim != 1 or x.shape != y.shape or x.shape[0] == 0:
-        raise ValueError(f"area_up_to: x and y must be equal-length 1-D arrays; got {x.shape}, "
-                         f"{y.shape}.")
-    if not (x[0] <= x_max <= x[-1]):
-        raise ValueError(f"area_up_to: x_max={x_max} lies outside the curve [{x[0]}, {x[-1]}].")
-    k = int(np.searchsorted(x, x_max, side="right"))  # points with x <= x_max
-    xs, ys = x[:k], y[:k]
-    if xs[-1] < x_max:
-        x0, y0, x1, y1 = x[k - 1], y[k - 1], x[k], y[k]
-        y_at = y0 + (x_max - x0) * (y1 - y0) / (x1 - x0)
-        xs = np.append(xs, x_max)
-        ys = np.append(ys, y_at)
-    return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1])) * 0.5)
-
-
 def aupro_from_pixels(px: PixelData, fpr_limit: float = 0.3) -> float:
     """AUPRO from already flattened `PixelData` with region labels."""
     lim = _check_fpr_limit(fpr_limit)

@@ -13,7 +13,6 @@ see `jaxflow_ad.metrics._interp` for the exact sampling formula.
 """
 from __future__ import annotations
 
-from typing import Sequence
 
 import numpy as np
 
