@@ -3,11 +3,14 @@
 Image level: `image_auroc`, `image_ap`, `image_f1_max`. Pixel level: `pixel_auroc`,
 `pixel_ap`, `pixel_f1_max`, and `aupro` / `pro_curve` (official MVTec AD definition,
 8-connected regions, exact curve, FPR limit 0.3). `evaluate` computes all of them at native
-mask resolution or at a fixed square size; `resize_maps` / `resize_masks` do the resizing.
-Generic 1-D versions: `average_precision`, `f1_max`.
+mask resolution or at a fixed square size, from one shared sort of the pixels (pixel
+metrics equal scikit-learn's to ~1e-12, at a quarter of its memory); `resize_maps` /
+`resize_masks` do the resizing. Generic 1-D versions: `average_precision`, `f1_max`.
+Undefined metrics raise ValueError, except AUPRO without regions or background, which
+returns 0.0 with a `DegenerateMetricWarning`.
 """
-from jaxflow_ad.metrics._inputs import DegenerateMetricWarning
 from jaxflow_ad.metrics._curves import area_up_to
+from jaxflow_ad.metrics._inputs import DegenerateMetricWarning
 from jaxflow_ad.metrics.aupro import aupro, pro_curve
 from jaxflow_ad.metrics.classification import (
     average_precision,

@@ -13,7 +13,6 @@ see `jaxflow_ad.metrics._interp` for the exact sampling formula.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from jaxflow_ad.metrics._inputs import check_finite_list, image_list
