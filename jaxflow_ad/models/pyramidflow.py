@@ -1,0 +1,381 @@
+"""PyramidFlow (Lei, Hu, Wang, Liu; CVPR 2023): fully normalizing flow with latent templates.
+
+Pipeline (paper Fig. 2-3, Sec. 3):
+
+1. ImageNet-normalise the image, project it with a frozen orthogonal 1x1
+   conv ``W: 3 -> C`` (FNF setting) to features ``x``; the official code never
+   trains ``W`` (it runs under ``no_grad``), nor do we.
+2. Decompose ``x`` into an ``L``-level pyramid (Eq. 1, :mod:`jaxflow_ad.flows.pyramid`).
+3. Run ``D`` stacks of pyramid coupling blocks in the official order
+   (:func:`~jaxflow_ad.flows.pyramid_coupling.pyramid_schedule`).
+4. Training loss (Eq. 9): over all pairs ``i < j`` of the batch, compose the
+   per-level squared latent differences, average over channels, take the mean
+   magnitude of the unnormalised 2-D FFT (official ``BatchDiffLoss`` +
+   ``compose_pyramid(...).mean(1)`` + ``fft2(...).abs().mean()``). No
+   log-determinant enters: volume normalization keeps the latents from
+   collapsing.
+5. After training, the latent template is the mean latent pyramid over the
+   training images in evaluation mode; the anomaly map (Eq. 10) composes the
+   per-level ``|z_d - template_d|`` and averages over channels; the image
+   score is its maximum.
+
+Ablations of the paper's Table 2, selectable by config:
+
+* ``model.loss="nll"`` (ablation I, Eq. 8): standard-normal likelihood of the
+  latents with the flow's log-determinant, normally with
+  ``model.volume_norm="none"``. The pyramid itself is over-complete and
+  contributes no Jacobian; the loss is the per-dimension NLL of the latent
+  pyramid plus the flow's logdet, as the paper states it.
+* ``model.template="zero"`` (II): a zero template.
+* ``model.difference="composed"`` (III): compose latents and template first,
+  then take the difference.
+* ``model.loss="spatial"`` (IV): the mean of the composed squared differences
+  instead of its Fourier magnitude.
+
+Paper vs. official code (we follow the code, as the golden test requires):
+nearest rather than bilinear resampling between levels; max-pool 'down'
+operator; the per-category settings in :data:`CATEGORY_SETTINGS`. The official
+memory-saving backprop updates the volume-norm running means three times per
+step; ours updates them once.
+
+The ResNet18-encoder variant replaces step 1 with a frozen ImageNet ResNet18
+stem (conv1, bn1, relu, maxpool, layer1: 64 channels at 1/4 resolution); its
+seam is :meth:`PyramidFlowNet.encode` and the ``model.encoder`` key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxflow_ad.flows import pyramid as pyr
+from jaxflow_ad.flows.pyramid_coupling import PyramidCoupling, pyramid_schedule
+from jaxflow_ad.flows.reversible import chain_forward, chain_inverse
+from jaxflow_ad.models.base import State, Stage
+from jaxflow_ad.spectral.fourier_loss import mean_abs_fft2
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+# Official per-category "auto" settings (train.py): levels 8 for metal_nut, carpet,
+# transistor, 2 for screw, 4 otherwise; SVN for carpet, grid, bottle, transistor, CVN
+# otherwise; flips + rot90 for the texture classes (paper Sec. 4.4).
+_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
+_OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush",
+            "transistor", "zipper")
+CATEGORY_SETTINGS: dict[str, dict] = {
+    c: {"levels": {"metal_nut": 8, "carpet": 8, "transistor": 8, "screw": 2}.get(c, 4),
+        "volume_norm": "SVN" if c in ("carpet", "grid", "bottle", "transistor") else "CVN",
+        "augment": c in _TEXTURES}
+    for c in _TEXTURES + _OBJECTS
+}
+
+LOSSES = ("fourier", "spatial", "nll")
+
+
+def normalize(images: jax.Array) -> jax.Array:
+    """[0,1] RGB NHWC -> ImageNet-normalised."""
+    return (images - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def denormalize(x: jax.Array) -> jax.Array:
+    return x * IMAGENET_STD + IMAGENET_MEAN
+
+
+def pair_indices(batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs ``i < j`` (official ``np.triu_indices(batch, 1)``)."""
+    if batch < 2:
+        raise ValueError(f"the pairwise loss needs a batch of at least 2 images, got {batch} "
+                         "(config key train.batch_size)")
+    return np.triu_indices(batch, 1)
+
+
+def pairwise_difference_map(levels: Sequence[jax.Array], up: str = "nearest") -> jax.Array:
+    """Composed per-level squared differences of all pairs, channel mean: ``[P, H, W]``."""
+    i, j = pair_indices(levels[0].shape[0])
+    diffs = [(l[i] - l[j]) ** 2 for l in levels]
+    return jnp.mean(pyr.compose(diffs, up), axis=-1)
+
+
+def fourier_loss(levels: Sequence[jax.Array], up: str = "nearest") -> jax.Array:
+    """Eq. 9 as the official code computes it."""
+    return mean_abs_fft2(pairwise_difference_map(levels, up))
+
+
+def spatial_loss(levels: Sequence[jax.Array], up: str = "nearest") -> jax.Array:
+    """Ablation IV: the spatial version of Eq. 9."""
+    return jnp.mean(pairwise_difference_map(levels, up))
+
+
+def gaussian_nll(levels: Sequence[jax.Array], logdet: jax.Array) -> jax.Array:
+    """Ablation I (Eq. 8): mean per-dimension negative log-likelihood under N(0, I)."""
+    n_dims = sum(int(np.prod(l.shape[1:])) for l in levels)
+    sq = sum(jnp.sum(l.reshape(l.shape[0], -1) ** 2, axis=1) for l in levels)
+    nll = 0.5 * sq + 0.5 * n_dims * np.log(2 * np.pi) - logdet
+    return jnp.mean(nll) / n_dims
+
+
+def anomaly_map(levels: Sequence[jax.Array], template: Sequence[jax.Array], up: str = "nearest",
+                difference: str = "pyramid") -> jax.Array:
+    """Eq. 10: ``compose(|z_d - template_d|)``, channel mean -> ``[B, H, W]``.
+
+    ``difference="composed"`` is ablation III: ``|compose(z) - compose(template)|``.
+    """
+    if difference == "pyramid":
+        return jnp.mean(pyr.compose([jnp.abs(z - t) for z, t in zip(levels, template)], up), axis=-1)
+    if difference == "composed":
+        return jnp.mean(jnp.abs(pyr.compose(list(levels), up) - pyr.compose(list(template), up)), axis=-1)
+    raise ValueError(f"unknown model.difference {difference!r}; use 'pyramid' or 'composed'")
+
+
+def orthogonal_projection(key: jax.Array, channels: int) -> jax.Array:
+    """A ``3 x C`` matrix with orthonormal rows (official ``nn.init.orthogonal_`` on the C x 3 weight)."""
+    if channels < 3:
+        raise ValueError(f"model.channels must be >= 3 for the 3->C projection, got {channels}")
+    return jax.nn.initializers.orthogonal()(key, (channels, 3), jnp.float32).T
+
+
+@dataclasses.dataclass(frozen=True)
+class PyramidFlowNet:
+    """The flow as pure functions over ``(params, model_state)``.
+
+    ``params = {"block_00": ..., ...}`` (trainable); ``model_state =
+    {"encoder": {"in_proj": [3, C]}, "blocks": {"block_00": {"constants": ...,
+    "volume_norm": ...}}}``.
+    """
+
+    channels: int = 16
+    levels: int = 4
+    stacks: int = 4
+    ksize: int = 7
+    volume_norm: str = "CVN"
+    pyramid_down: str = "max"
+    pyramid_up: str = "nearest"
+    fast_down: bool = True
+    reversible: bool = False
+    encoder: str = "none"
+
+    @functools.cached_property
+    def layers(self) -> tuple[PyramidCoupling, ...]:
+        return tuple(PyramidCoupling(kind, start, self.channels, self.ksize, self.volume_norm,
+                                     fast_down=self.fast_down)
+                     for kind, start in pyramid_schedule(self.levels, self.stacks))
+
+    @property
+    def names(self) -> list[str]:
+        return [f"block_{i:02d}" for i in range(len(self.layers))]
+
+    # -------------------------------------------------------------- variables
+    def init(self, rng: jax.Array, image_shape: tuple[int, int, int]):
+        h, w, _ = image_shape
+        pyr.check_divisible((1, h, w), self.levels)
+        if self.encoder != "none":
+            raise NotImplementedError(
+                f"model.encoder={self.encoder!r}: the ResNet encoder variant needs jaxflow_ad.backbones; "
+                "use model.encoder='none' (the fully normalizing flow)")
+        k_proj, k_blocks = jax.random.split(rng)
+        in_proj = orthogonal_projection(k_proj, self.channels)
+        feats = pyr.decompose(jnp.zeros((1, h, w, self.channels)), self.levels, self.pyramid_down, self.pyramid_up)
+        params, blocks = {}, {}
+        for name, layer, key in zip(self.names, self.layers, jax.random.split(k_blocks, len(self.layers))):
+            v = layer.init(key, feats, method=layer.forward)
+            params[name] = v["params"]
+            blocks[name] = {k: c for k, c in v.items() if k != "params"}
+        return params, {"encoder": {"in_proj": in_proj}, "blocks": blocks}
+
+    def _variables(self, params, model_state):
+        return [{"params": params[n], **model_state["blocks"][n]} for n in self.names]
+
+    # -------------------------------------------------------------- maps
+    def encode(self, model_state, x: jax.Array) -> jax.Array:
+        """ImageNet-normalised NHWC images -> features (frozen encoder)."""
+        return jax.lax.stop_gradient(x @ model_state["encoder"]["in_proj"])
+
+    def forward(self, params, model_state, x: jax.Array, *, train: bool = False):
+        """Normalised images -> ``(latent levels, logdet [B], new model_state)``."""
+        feats = pyr.decompose(self.encode(model_state, x), self.levels, self.pyramid_down, self.pyramid_up)
+        z, logdet, new_vars = chain_forward(self.layers, self._variables(params, model_state), feats,
+                                            train=train, reversible=self.reversible and train)
+        blocks = {n: {k: c for k, c in v.items() if k != "params"} for n, v in zip(self.names, new_vars)}
+        return z, logdet, dict(model_state, blocks=blocks)
+
+    def inverse(self, params, model_state, z: Sequence[jax.Array]):
+        """Latent levels -> feature levels (evaluation mode)."""
+        feats, _ = chain_inverse(self.layers, self._variables(params, model_state), tuple(z), train=False)
+        return feats
+
+    def image_from_latents(self, params, model_state, z: Sequence[jax.Array]) -> jax.Array:
+        """Image-template estimation (paper end of Sec. 3.3): inverse flow, compose,
+        then the least-squares solution of ``W I = x`` through the 3->C projection.
+        Returns RGB in [0, 1] (clipped)."""
+        feat = pyr.compose(self.inverse(params, model_state, z), self.pyramid_up)
+        proj = model_state["encoder"]["in_proj"]                     # [3, C]; x = I @ proj
+        b, h, w, c = feat.shape
+        sol, *_ = jnp.linalg.lstsq(proj.T, feat.reshape(-1, c).T)   # proj.T @ I^T = x^T
+        img = denormalize(sol.T.reshape(b, h, w, 3))
+        return jnp.clip(img, 0.0, 1.0)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Official optimizer: clip grad norm 1, Adam(lr 2e-4, betas (0.5, 0.9), eps 1e-4)
+    with *coupled* L2 weight decay 1e-5 (torch ``Adam(weight_decay=...)``), no schedule."""
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm),
+        optax.add_decayed_weights(cfg.weight_decay),
+        optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+        optax.scale(-cfg.lr),
+    )
+
+
+def net_from_config(m: ml_collections.ConfigDict) -> PyramidFlowNet:
+    if m.loss not in LOSSES:
+        raise ValueError(f"unknown model.loss {m.loss!r}; use one of {LOSSES}")
+    return PyramidFlowNet(channels=m.channels, levels=m.levels, stacks=m.stacks, ksize=m.ksize,
+                          volume_norm=m.volume_norm, pyramid_down=m.pyramid_down, pyramid_up=m.pyramid_up,
+                          fast_down=m.fast_down, reversible=m.reversible, encoder=m.encoder)
+
+
+class PyramidFlow:
+    """The PyramidFlow method for the engine (see :mod:`jaxflow_ad.models.base`)."""
+
+    name = "pyramidflow"
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.net = net_from_config(config.model)
+        self.tx = make_optimizer(config.train.optimizer)
+        self.stages = (Stage("flow", int(config.train.epochs), self.train_step, self.tx),)
+        self._eval_latents = jax.jit(self._latents_eval)
+
+    # -------------------------------------------------------------- training
+    def init(self, rng: jax.Array, image_shape: tuple[int, int, int]) -> State:
+        params, model_state = self.net.init(rng, image_shape)
+        return State(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                     opt_state=self.tx.init(params), stats={})
+
+    def loss(self, params, model_state, images: jax.Array):
+        """``(loss, new model_state)`` for a batch of [0,1] images."""
+        m = self.config.model
+        z, logdet, new_ms = self.net.forward(params, model_state, normalize(images), train=True)
+        if m.loss == "fourier":
+            value = fourier_loss(z, self.net.pyramid_up)
+        elif m.loss == "spatial":
+            value = spatial_loss(z, self.net.pyramid_up)
+        else:
+            value = gaussian_nll(z, logdet)
+        return value, new_ms
+
+    def train_step(self, state: State, batch, rng: jax.Array):
+        del rng  # deterministic given the batch
+        (loss, new_ms), grads = jax.value_and_grad(self.loss, has_aux=True)(
+            state.params, state.model_state, batch["image"])
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(step=state.step + 1, params=params, model_state=new_ms, opt_state=opt_state)
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    # -------------------------------------------------------------- statistics and scoring
+    def _latents_eval(self, params, model_state, images):
+        z, _, _ = self.net.forward(params, model_state, normalize(images), train=False)
+        return z
+
+    def fit_statistics(self, state: State, batches: Iterable[np.ndarray]) -> State:
+        """Latent template: the mean evaluation-mode latent pyramid over the training images."""
+        total, count = None, 0
+        for images in batches:
+            z = self._eval_latents(state.params, state.model_state, jnp.asarray(images))
+            s = [jnp.sum(l, axis=0, keepdims=True) for l in z]
+            total = s if total is None else [a + b for a, b in zip(total, s)]
+            count += images.shape[0]
+        if not count:
+            raise ValueError("fit_statistics got no training images (is data.train split empty?)")
+        template = tuple(t / count for t in total)
+        if self.config.model.template == "zero":
+            template = tuple(jnp.zeros_like(t) for t in template)
+        elif self.config.model.template != "mean":
+            raise ValueError(f"unknown model.template {self.config.model.template!r}; use 'mean' or 'zero'")
+        return state.replace(stats={"template": template})
+
+    def score(self, state: State, images: jax.Array):
+        z = self._latents_eval(state.params, state.model_state, images)
+        amap = anomaly_map(z, state.stats["template"], self.net.pyramid_up, self.config.model.difference)
+        return amap, jnp.max(amap, axis=(1, 2))
+
+    def artifacts(self, state: State) -> dict[str, np.ndarray]:
+        if self.net.encoder != "none" or "template" not in state.stats:
+            return {}
+        img = self.net.image_from_latents(state.params, state.model_state, state.stats["template"])
+        return {"image_template": np.asarray(img[0])}
+
+
+def oihw_to_hwio(w: np.ndarray) -> np.ndarray:
+    """PyTorch conv weight ``[O, I, kh, kw]`` -> flax kernel ``[kh, kw, I, O]``."""
+    return np.transpose(np.asarray(w), (2, 3, 1, 0))
+
+
+def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.transpose(np.asarray(x), (0, 2, 3, 1))
+
+
+def from_official_state_dict(sd, net: PyramidFlowNet, params_template=None, model_state_template=None):
+    """Official ``PyramidFlow.state_dict()`` (names ``nf.moduleslst.{i}...``, ``inconv.weight``) ->
+    ``(params, model_state)`` of ``net``.
+
+    Layout changes: conv weights OIHW -> HWIO; ``inconv.weight [C,3,1,1]`` ->
+    ``in_proj [3, C]``; volume-norm running means NCHW -> NHWC, broadcast from
+    the official initial ``(1,1,1,1)`` buffer, and taken at even pixels where
+    our 'down' block runs its last conv at stride 2. Any key of ``sd`` not
+    used raises, so a mismatched architecture cannot load silently.
+    Entries missing from ``sd`` (e.g. gradients have no buffers) are taken from
+    the templates when given.
+    """
+    sd = {k: np.asarray(v) for k, v in sd.items()}
+    used = set()
+
+    def take(key):
+        used.add(key)
+        return sd[key]
+
+    if params_template is None or model_state_template is None:
+        h = 2 ** (net.levels - 1) * 8
+        params_template, model_state_template = net.init(jax.random.PRNGKey(0), (h, h, 3))
+    params = jax.tree_util.tree_map(np.asarray, params_template)
+    ms = jax.tree_util.tree_map(np.asarray, model_state_template)
+    for i, name in enumerate(net.names):
+        pre = f"nf.moduleslst.{i}."
+        p = params[name]
+        for ours, theirs in (("conv0", "conv.0"), ("conv1", "conv.2")):
+            k = pre + f"affineParams.{theirs}.weight"
+            if k in sd:
+                p["affine"][ours]["kernel"] = oihw_to_hwio(take(k))
+        for n in ("w_l", "w_u", "w_s"):
+            if pre + f"conv1x1.{n}" in sd:
+                p["lu"][n] = take(pre + f"conv1x1.{n}")
+        blk = ms["blocks"][name]
+        if pre + "conv1x1.w_p" in sd:
+            blk["constants"]["lu"]["perm"] = take(pre + "conv1x1.w_p")
+            blk["constants"]["lu"]["sign"] = take(pre + "conv1x1.s_sign")
+            for n in ("u_mask", "l_mask", "l_eye"):      # derivable; checked, not stored
+                used.add(pre + f"conv1x1.{n}")
+        k = pre + "affineParams.norm.running_mean"
+        if k in sd and "volume_norm" in blk:
+            rm = nchw_to_nhwc(take(k))
+            ours = blk["volume_norm"]["affine"]["norm"]["running_mean"]
+            if rm.shape[1] > ours.shape[1]:            # fine grid -> the even pixels we keep
+                step = rm.shape[1] // ours.shape[1]
+                rm = rm[:, ::step, ::step]
+            blk["volume_norm"]["affine"]["norm"]["running_mean"] = np.broadcast_to(rm, ours.shape).astype(np.float32)
+    if "inconv.weight" in sd:
+        ms["encoder"]["in_proj"] = take("inconv.weight")[:, :, 0, 0].T
+    extra = sorted(set(sd) - used)
+    if extra:
+        raise KeyError(f"official state dict has keys this PyramidFlowNet does not use (wrong levels/stacks?): "
+                       f"{extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), t)
+    return cast(params), cast(ms)
