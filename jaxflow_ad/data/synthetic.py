@@ -202,18 +202,22 @@ def _render_weave(rng: np.random.Generator) -> _Scene:
 
 def _warp_sprite(sprite_rgb_premult: np.ndarray, sprite_alpha: np.ndarray,
                  angle_deg: float, dy: float, dx: float):
-    """Rotate about the centre and shift: returns (premultiplied rgb, alpha)."""
+    """Rotate about the centre and shift (bilinear, zero outside): returns
+    (premultiplied rgb, alpha)."""
     yy, xx = _grid()
     c = (_S - 1) / 2.0
     t = np.deg2rad(angle_deg)
     ys, xs = yy - c - dy, xx - c - dx
     sy = np.cos(t) * ys - np.sin(t) * xs + c
     sx = np.sin(t) * ys + np.cos(t) * xs + c
-    coords = np.stack([sy, sx])
-    alpha = ndimage.map_coordinates(sprite_alpha, coords, order=1, mode="constant")
-    rgb = np.stack([ndimage.map_coordinates(sprite_rgb_premult[..., k], coords, order=1,
-                                            mode="constant") for k in range(3)], -1)
-    return rgb, np.clip(alpha, 0, 1)
+    src = np.concatenate([sprite_rgb_premult, sprite_alpha[..., None]], -1)
+    src = np.pad(src, ((1, 1), (1, 1), (0, 0)))              # zeros outside
+    sy, sx = np.clip(sy + 1, 0, _S), np.clip(sx + 1, 0, _S)
+    y0, x0 = np.minimum(np.floor(sy).astype(np.int32), _S), np.minimum(np.floor(sx).astype(np.int32), _S)
+    fy, fx = (sy - y0)[..., None], (sx - x0)[..., None]
+    out = ((src[y0, x0] * (1 - fx) + src[y0, x0 + 1] * fx) * (1 - fy)
+           + (src[y0 + 1, x0] * (1 - fx) + src[y0 + 1, x0 + 1] * fx) * fy)
+    return out[..., :3], np.clip(out[..., 3], 0, 1)
 
 
 def _background(rng: np.random.Generator, colour, bright: float) -> np.ndarray:
@@ -308,18 +312,28 @@ _RENDER: dict[str, Callable[[np.random.Generator], _Scene]] = {
 
 def _blob(rng: np.random.Generator, cy: float, cx: float, radius: float) -> np.ndarray:
     """An irregular, possibly elongated blob of about ``radius`` pixels."""
-    yy, xx = _grid()
     phi = rng.uniform(0, np.pi)
     aspect = rng.uniform(0.5, 1.0)
-    y, x = yy - cy, xx - cx
+    amps = [rng.uniform(0, 0.28 / k * 2) for k in range(2, 6)]
+    phases = [rng.uniform(0, 2 * np.pi) for _ in range(2, 6)]
+    # The boundary never leaves radius * (1 + sum(amps)): draw in that window.
+    h = int(np.ceil(radius * (1 + sum(amps)))) + 2
+    y_lo, y_hi = max(int(cy) - h, 0), min(int(cy) + h + 1, _S)
+    x_lo, x_hi = max(int(cx) - h, 0), min(int(cx) + h + 1, _S)
+    out = np.zeros((_S, _S), bool)
+    if y_lo >= y_hi or x_lo >= x_hi:
+        return out
+    y, x = np.mgrid[y_lo:y_hi, x_lo:x_hi].astype(np.float32)
+    y, x = y - cy, x - cx
     u = np.cos(phi) * x + np.sin(phi) * y
     v = (-np.sin(phi) * x + np.cos(phi) * y) / aspect
     r = np.hypot(u, v)
     t = np.arctan2(v, u)
     edge = np.ones_like(t)
-    for k in range(2, 6):
-        edge += rng.uniform(0, 0.28 / k * 2) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
-    return r <= radius * np.maximum(edge, 0.4)
+    for k, a, ph in zip(range(2, 6), amps, phases):
+        edge += a * np.cos(k * t + ph)
+    out[y_lo:y_hi, x_lo:x_hi] = r <= radius * np.maximum(edge, 0.4)
+    return out
 
 
 def _stroke(points: np.ndarray, half_width: float) -> np.ndarray:
