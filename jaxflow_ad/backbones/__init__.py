@@ -233,7 +233,9 @@ def load_backbone(cfg) -> LoadedBackbone:
         return LoadedBackbone(module, variables, note=note, arch=arch, mean=mean, std=std, meta=meta)
     if _get(cfg, "random_init", False):
         module = build_module(arch, **options)
-        variables = jax.jit(module.init)(jax.random.PRNGKey(0), *dummy_inputs(arch))
+        # parameter shapes do not depend on the group counts: initialise a tiny Point-MAE
+        init_module = module.clone(num_group=8, group_size=4) if fam == "pointmae" else module
+        variables = jax.jit(init_module.init)(jax.random.PRNGKey(0), *dummy_inputs(arch))
         mean, std = _norm_for(arch)
         note = (f"{arch}: RANDOM weights (random_init=True, no config.model.backbone.weights); "
                 "features are meaningless beyond smoke tests")
