@@ -65,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         pass
     elif arg == "smoke":
         c.data.image_size = 64
-        c.data.categories = "auto:2"
+        c.data.categories = "gravel,coin"
         c.model.channels = 8
         c.model.stacks = 1
         c.model.ksize = 5

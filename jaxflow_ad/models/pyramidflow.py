@@ -253,6 +253,15 @@ class PyramidFlow:
         self.stages = (Stage("flow", int(config.train.epochs), self.train_step, self.tx),)
         self._eval_latents = jax.jit(self._latents_eval)
 
+    @staticmethod
+    def configure(config: ml_collections.ConfigDict, category: str) -> ml_collections.ConfigDict:
+        """Apply the official per-category levels and volume norm when ``data.per_category``."""
+        if config.data.get("per_category", False) and category in CATEGORY_SETTINGS:
+            s = CATEGORY_SETTINGS[category]
+            config.model.levels = s["levels"]
+            config.model.volume_norm = s["volume_norm"]
+        return config
+
     # -------------------------------------------------------------- training
     def init(self, rng: jax.Array, image_shape: tuple[int, int, int]) -> State:
         params, model_state = self.net.init(rng, image_shape)

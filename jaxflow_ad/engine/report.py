@@ -1,0 +1,90 @@
+"""Reports written to the workdir: metrics.json, a results table, heatmap figures."""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from jaxflow_ad.metrics import resize_maps
+
+COLUMNS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO"),
+           ("pixel_ap", "P-AP"), ("pixel_f1_max", "P-F1max"), ("image_ap", "I-AP"),
+           ("image_f1_max", "I-F1max"), ("train_time_s", "train s"), ("images_per_s", "img/s"))
+
+
+def _colormap(x: np.ndarray) -> np.ndarray:
+    """[0,1] -> RGB uint8 with a blue-cyan-yellow-red ramp (jet-like)."""
+    x = np.clip(x, 0.0, 1.0)[..., None]
+    stops = np.array([[0, 0, 0.5], [0, 0.2, 1], [0, 1, 1], [1, 1, 0], [1, 0.2, 0], [0.5, 0, 0]], np.float32)
+    pos = x * (len(stops) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
+    frac = pos - lo
+    rgb = stops[lo[..., 0]] * (1 - frac) + stops[lo[..., 0] + 1] * frac
+    return (rgb * 255).astype(np.uint8)
+
+
+def heatmap_panel(image: np.ndarray, mask: np.ndarray, amap: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """image | ground truth | anomaly map | overlay, at the mask's resolution."""
+    h, w = mask.shape
+    img = np.asarray(Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR))
+    m = resize_maps(amap[None], (h, w))[0] if amap.shape != (h, w) else amap
+    heat = _colormap((m - lo) / max(hi - lo, 1e-12))
+    gt = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=-1)
+    overlay = (0.55 * img + 0.45 * heat).astype(np.uint8)
+    sep = np.full((h, 4, 3), 255, np.uint8)
+    return np.concatenate([img, sep, gt, sep, heat, sep, overlay], axis=1)
+
+
+def write_heatmaps(out_dir: pathlib.Path, images: np.ndarray, masks: Sequence[np.ndarray], maps: np.ndarray,
+                   defect_types: Sequence[str], paths: Sequence[str], per_kind: int) -> list[str]:
+    """A few figures for every defect kind (and 'good'); colour range shared by the category."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lo, hi = float(np.min(maps)), float(np.max(maps))
+    written, seen = [], {}
+    for i, kind in enumerate(defect_types):
+        if seen.get(kind, 0) >= per_kind:
+            continue
+        seen[kind] = seen.get(kind, 0) + 1
+        name = f"{kind}_{pathlib.Path(paths[i]).stem}.png"
+        Image.fromarray(heatmap_panel(images[i], masks[i], maps[i], lo, hi)).save(out_dir / name)
+        written.append(name)
+    return written
+
+
+def save_image(path: pathlib.Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def mean_row(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    keys = sorted({k for r in results.values() for k, v in r.items() if isinstance(v, (int, float))})
+    return {k: float(np.mean([r[k] for r in results.values() if k in r])) for k in keys}
+
+
+def results_table(results: Mapping[str, Mapping[str, float]]) -> str:
+    """Markdown table, one row per category and a mean row."""
+    head = "| category | " + " | ".join(c for _, c in COLUMNS) + " |"
+    rule = "|" + "---|" * (len(COLUMNS) + 1)
+    rows = [head, rule]
+
+    def fmt(r, k):
+        if k not in r:
+            return "-"
+        v = r[k]
+        return f"{v:.1f}" if k in ("train_time_s", "images_per_s") else f"{100 * v:.1f}"
+
+    for cat, r in list(results.items()) + [("**mean**", mean_row(results))]:
+        rows.append(f"| {cat} | " + " | ".join(fmt(r, k) for k, _ in COLUMNS) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def write_summary(workdir: pathlib.Path, results: Mapping[str, Mapping[str, float]], config_json: str) -> str:
+    """``metrics.json`` and ``results.md``; returns the table."""
+    table = results_table(results)
+    payload = {"categories": dict(results), "mean": mean_row(results), "config": json.loads(config_json)}
+    (workdir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+    (workdir / "results.md").write_text("AUROC/AUPRO/AP/F1 in %.\n\n" + table)
+    return table
