@@ -162,6 +162,7 @@ def convert_state_dict(arch: str, sd: Mapping[str, np.ndarray]) -> tuple[dict, d
     tmpl = template(arch)
     filled: dict = {}
     unexpected, mismatched, ignored = [], [], []
+    mis_targets = set()
     for key, value in sd.items():
         k = rename(key) if rename else key
         if k is None:
@@ -191,9 +192,10 @@ def convert_state_dict(arch: str, sd: Mapping[str, np.ndarray]) -> tuple[dict, d
         if arr.shape != tuple(tmpl[target].shape):
             mismatched.append(f"{key}: checkpoint {tuple(np.shape(value))} -> {arr.shape}, "
                               f"{arch} needs {tuple(tmpl[target].shape)} at {'/'.join(target)}")
+            mis_targets.add(target)
             continue
         filled[target] = arr
-    missing = [t for t in tmpl if t not in filled]
+    missing = [t for t in tmpl if t not in filled and t not in mis_targets]
     has_top = True
     top_missing = [t for t in missing if t[1] in optional_top]
     if top_missing and len(top_missing) == sum(1 for t in tmpl if t[1] in optional_top):
