@@ -305,9 +305,14 @@ def read_image(path: str | os.PathLike) -> Image.Image:
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """A bool [H, W] mask: any nonzero pixel (in any channel) is defective."""
+    """A bool [H, W] mask: a pixel is defective if any colour channel is
+    nonzero (an alpha channel is ignored; palette images are expanded)."""
     im = _open(pathlib.Path(path), "mask")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     a = np.asarray(im)
+    if im.mode in ("RGBA", "LA", "La", "RGBa"):
+        a = a[..., :-1]
     if a.ndim == 3:
         a = a.any(axis=-1)
     return a > 0

@@ -494,7 +494,6 @@ def _defect_chip(rng, scene):
     """A missing chunk at the object's rim: the background shows through."""
     edge = (scene.alpha > 0.5) & ~ndimage.binary_erosion(scene.alpha > 0.5)
     ys, xs = np.nonzero(edge)
-    yy, xx = _grid()
     # Only the outer rim (not a bore): farther from the centre than average.
     rr = np.hypot(ys - _S / 2, xs - _S / 2)
     ys, xs = ys[rr > np.median(rr) * 0.9], xs[rr > np.median(rr) * 0.9]

@@ -183,3 +183,25 @@ def test_defect_folder_in_train(root):
 def test_bad_split_name(root):
     with pytest.raises(DatasetError, match="split must be one of"):
         load_split(root, "widget", "val", 8)
+
+
+def test_mask_encodings(tmp_path):
+    """0/255 gray, 0/1 gray, RGB, RGBA (opaque alpha ignored), palette and 1-bit."""
+    want = mask_array(0)
+    u8 = want.astype(np.uint8)
+    rgb = np.zeros(want.shape + (3,), np.uint8)
+    rgb[want, 2] = 200                       # pure blue: luminance alone would round to ~23
+    rgba = np.concatenate([rgb, np.full(want.shape + (1,), 255, np.uint8)], -1)
+    images = {
+        "gray255": Image.fromarray(u8 * 255, "L"),
+        "gray1": Image.fromarray(u8, "L"),
+        "rgb": Image.fromarray(rgb, "RGB"),
+        "rgba": Image.fromarray(rgba, "RGBA"),
+        "palette": Image.fromarray(u8 * 255, "L").convert("P"),
+        "bits": Image.fromarray(want),
+    }
+    for name, im in images.items():
+        im.save(tmp_path / f"{name}.png")
+        got = mvtec.read_mask(tmp_path / f"{name}.png")
+        assert got.dtype == bool
+        np.testing.assert_array_equal(got, want, err_msg=name)
