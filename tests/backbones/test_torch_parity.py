@@ -174,3 +174,21 @@ def test_efficientnet_lite0_real_weights(lite0, shape, tmp_path):
     x = _x(shape, 4)
     feats = jax.jit(module.apply)(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
     _compare(_torch_effnet_taps(lite0, torch.from_numpy(x)), feats)
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_efficientnet_b_family_converts(i, tmp_path):
+    """Every B0..B7 state_dict maps onto our tree (all shapes agree); B0 is also compared tap by tap."""
+    from efficientnet_pytorch import EfficientNet
+    torch.manual_seed(i)
+    arch = f"efficientnet-b{i}"
+    model = _randomise_bn(EfficientNet.from_name(arch))
+    path = _convert(model, arch, tmp_path)
+    module, variables = load_backbone({"arch": arch, "weights": str(path), "include_top": True})
+    assert variables["params"]["fc"]["kernel"].shape[1] == 1000
+    assert sum(np.size(a) for a in jax.tree_util.tree_leaves(variables["params"])) == sum(
+        p.numel() for p in model.parameters())
+    if i == 0:
+        x = _x((1, 3, 72, 88), 5)
+        feats = jax.jit(module.apply)(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
+        _compare(_torch_effnet_taps(model, torch.from_numpy(x)), feats)
