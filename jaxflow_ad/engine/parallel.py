@@ -21,9 +21,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 AXIS = "batch"
 
 
-def make_mesh() -> Mesh:
-    # Auto axes: XLA partitions the global step (GSPMD); explicit-sharding types are not needed.
-    return jax.make_mesh((jax.device_count(),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices=None) -> Mesh:
+    """1-D mesh over ``devices`` (default: all devices of all processes).
+
+    Auto axes: XLA partitions the global step (GSPMD); explicit-sharding types are not needed.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -34,8 +38,8 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(AXIS))
 
 
-def check_batch_size(batch_size: int, key: str) -> None:
-    n = jax.device_count()
+def check_batch_size(batch_size: int, key: str, mesh: Mesh | None = None) -> None:
+    n = mesh.size if mesh is not None else jax.device_count()
     if batch_size % n:
         raise ValueError(f"{key}={batch_size} must be a multiple of the number of devices ({n}); "
                          f"set --config.{key}={max(n, batch_size // n * n)}")
