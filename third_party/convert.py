@@ -59,7 +59,7 @@ def convert(arch: str, src: str | pathlib.Path, dst: str | pathlib.Path) -> tupl
     sd = read_state_dict(src_path)
     t_read = time.perf_counter() - t0
     variables, report = convert_state_dict(arch, sd)
-    mean, std = backbones._norm_for(arch)
+    mean, std = backbones.normalization_for(arch)
     meta = {**report, "source": src_path.name, "source_sha256": sha256(src_path),
             "converter_version": VERSION, "mean": list(mean), "std": list(std)}
     out = save_weights(dst, arch, variables, meta)

@@ -146,7 +146,7 @@ def template(arch: str) -> dict:
             else {"include_top": True})
     module, args = backbones.build_module(arch, **opts), backbones.dummy_inputs(arch)
     shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args))
-    return traverse_util.flatten_dict(jax.tree_util.tree_map(lambda s: s, dict(shapes)))
+    return traverse_util.flatten_dict(dict(shapes))
 
 
 def convert_state_dict(arch: str, sd: Mapping[str, np.ndarray]) -> tuple[dict, dict]:

@@ -69,7 +69,8 @@ _OPTIONS = {
 
 __all__ = ["REGISTRY", "ResNet", "EfficientNet", "PointMAEEncoder", "LoadedBackbone",
            "build_module", "load_backbone", "default_weights_path", "family", "dummy_inputs",
-           "save_weights", "load_weights", "count_params", "WeightsError", "feature_channels"]
+           "save_weights", "load_weights", "count_params", "WeightsError", "feature_channels",
+           "normalization_for", "translate_taps"]
 
 
 def family(arch: str) -> str:
@@ -184,7 +185,8 @@ def _get(cfg, key, default=None):
         return getattr(cfg, key, default)
 
 
-def _norm_for(arch: str, meta: Mapping[str, Any] | None = None):
+def normalization_for(arch: str, meta: Mapping[str, Any] | None = None):
+    """``(mean, std)`` the weights of ``arch`` expect on [0, 1] RGB inputs (from ``meta`` if recorded)."""
     if meta and meta.get("mean") and meta.get("std"):
         return tuple(meta["mean"]), tuple(meta["std"])
     if arch.startswith("efficientnet-lite"):
@@ -228,7 +230,7 @@ def load_backbone(cfg) -> LoadedBackbone:
     if weights:
         module = build_module(arch, **options)
         variables, meta = load_weights(weights, arch)
-        mean, std = _norm_for(arch, meta)
+        mean, std = normalization_for(arch, meta)
         note = f"{arch}: weights from {weights}"
         return LoadedBackbone(module, variables, note=note, arch=arch, mean=mean, std=std, meta=meta)
     if _get(cfg, "random_init", False):
@@ -236,7 +238,7 @@ def load_backbone(cfg) -> LoadedBackbone:
         # parameter shapes do not depend on the group counts: initialise a tiny Point-MAE
         init_module = module.clone(num_group=8, group_size=4) if fam == "pointmae" else module
         variables = jax.jit(init_module.init)(jax.random.PRNGKey(0), *dummy_inputs(arch))
-        mean, std = _norm_for(arch)
+        mean, std = normalization_for(arch)
         note = (f"{arch}: RANDOM weights (random_init=True, no config.model.backbone.weights); "
                 "features are meaningless beyond smoke tests")
         return LoadedBackbone(module, variables, note=note, arch=arch, mean=mean, std=std,
@@ -257,7 +259,7 @@ def load_backbone(cfg) -> LoadedBackbone:
     variables, meta = load_weights(path, DEFAULT_ARCH)
     taps = options.get("taps")
     lite_opts = {k: v for k, v in options.items() if k in ("include_top",)}
-    mean, std = _norm_for(DEFAULT_ARCH, meta)
+    mean, std = normalization_for(DEFAULT_ARCH, meta)
     if taps is None and arch == DEFAULT_ARCH:
         module = build_module(DEFAULT_ARCH, **lite_opts)
         mapping = None

@@ -19,7 +19,10 @@ Taps (NHWC): ``stem`` (after ReLU, stride 2), ``maxpool`` (stride 4),
 ``layer1`` .. ``layer4`` (strides 4, 8, 16, 32), and ``logits`` when
 ``include_top``. Inference uses the frozen running statistics; set
 ``use_running_average=False`` (and pass ``mutable=["batch_stats"]``) to reproduce
-code that runs the torch module in ``train()`` mode (PyramidFlow's encoder).
+code that runs the torch module in ``train()`` mode (PyramidFlow's encoder). Flax
+``momentum=0.9`` equals torch's ``momentum=0.1``, but the running-variance update
+uses the biased batch variance where torch uses the unbiased one (factor
+n/(n-1)): outputs in train mode agree, drifted running statistics differ slightly.
 
 Parameter names follow torchvision's so the key map in ``third_party`` is
 mechanical: ``conv1``, ``bn1``, ``layer{s}_{b}/{conv1,bn1,...,downsample_conv,downsample_bn}``, ``fc``.

@@ -96,3 +96,22 @@ def test_efficientnet_configs():
     lite0 = get_config("efficientnet-lite0")
     assert lite0.lite and all(b.se_channels == 0 for b in lite0.blocks) and len(lite0.blocks) == 16
     assert (get_config("efficientnet-lite4").stem, get_config("efficientnet-lite4").head) == (32, 1280)
+
+
+def test_configdict_and_no_torch_import(tmp_path):
+    """A ConfigDict works as cfg; importing and loading backbones never imports torch."""
+    import subprocess
+    import sys
+    code = (
+        "import sys, ml_collections\n"
+        "from jaxflow_ad.backbones import load_backbone\n"
+        "cfg = ml_collections.ConfigDict(dict(arch='resnet18', weights=None, random_init=True,"
+        " taps=('stem',)))\n"
+        "m, v = load_backbone(cfg)\n"
+        "assert m.taps == ('stem',), m.taps\n"
+        "assert 'torch' not in sys.modules\n")
+    import os
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)

@@ -56,6 +56,8 @@ def _compare(torch_feats: dict, flax_feats: dict):
         worst[k] = float(np.abs(f - t).max()) / scale
     bad = {k: v for k, v in worst.items() if v > REL}
     assert not bad, f"taps over {REL:g} relative: {bad}"
+    k = max(worst, key=worst.get)
+    print(f"[parity] {len(worst)} taps, worst {worst[k]:.1e} relative at {k}")
     return worst
 
 
