@@ -111,3 +111,17 @@ def test_cloud_feature_map_end_to_end(golden):
     # the 1/d2 weights (README-pointmae.md section 4): hence 2e-3 rather than 1e-4
     _close(dense[:, keep], g["dense"][:, keep], 2e-3)
     _close(np.moveaxis(np.asarray(out["pooled"]), -1, 0), g["pooled_24"], 5e-2)
+
+
+def test_vmap_keeps_batchnorm_statistics_per_cloud(golden):
+    """A batch of clouds under jax.vmap gives each cloud the features it gets alone (reference: B=1)."""
+    g, variables, _ = golden
+    model = pointmae.PointMAEEncoder(num_group=16, group_size=8)
+    a = jnp.asarray(g["points"][:400])
+    b = a * 1.5 + 0.01
+    fn = jax.jit(jax.vmap(model.apply, in_axes=(None, 0)))  # one compile for all three calls
+    mixed = fn(variables, jnp.stack([a, b]))["features"]
+    only_a = fn(variables, jnp.stack([a, a]))["features"][0]
+    only_b = fn(variables, jnp.stack([b, b]))["features"][1]
+    _close(mixed[0], only_a, 1e-5)
+    _close(mixed[1], only_b, 1e-5)
