@@ -1,0 +1,40 @@
+# The two quick-start commands (README): `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+TORCH_VENV ?= .venv-torch
+
+.PHONY: setup setup-test run smoke test test-slow test-torch bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+
+setup: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+setup-test: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+# Train and evaluate PyramidFlow on the built-in dataset (about 25 minutes on 2 CPU cores).
+run: setup
+	$(BIN)/python -m experiments.main --config=configs/pyramidflow.py --workdir=runs/pyramidflow
+
+smoke: setup
+	$(BIN)/python -m experiments.main --config=configs/pyramidflow.py:smoke --workdir=runs/pyramidflow_smoke
+
+# The default test suite (torch-free).
+test: setup-test
+	$(BIN)/python -m pytest -q
+
+test-slow: setup-test
+	$(BIN)/python -m pytest -q -m slow
+
+# Converter parity against the upstream torch models (needs the [torch] extra, ~5.5 GB).
+test-torch:
+	test -x $(TORCH_VENV)/bin/python || ($(PYTHON) -m venv $(TORCH_VENV) && $(TORCH_VENV)/bin/pip install -q -U pip)
+	$(TORCH_VENV)/bin/pip install -q -e '.[test,torch]'
+	$(TORCH_VENV)/bin/python -m pytest -q -m torch tests/backbones tests/third_party
+
+bench: setup
+	$(BIN)/python benchmarks/pyramidflow_speed.py
