@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import sys
 import time
 
 import jax
@@ -38,6 +39,7 @@ from jaxflow_ad.engine.writers import ScalarWriter
 
 log = logging.getLogger("jaxflow_ad")
 MODES = ("train", "eval", "all")
+_BAR_INTERVAL = 0.1 if sys.stderr.isatty() else 30.0     # a log file gets a line every 30 s
 
 
 def _is_main() -> bool:
@@ -121,7 +123,7 @@ def train_category(method, config, train: data_lib.Split, category: str, cat_dir
             state = parallel.to_replicated(mesh, stage.init_opt(state))
         step_fn = parallel.jit_train_step(mesh, stage.train_step)
         bar = tqdm(total=e - b, initial=start - b, desc=f"{category} {stage.name}", disable=not _is_main(),
-                   dynamic_ncols=True, leave=False)
+                   dynamic_ncols=True, leave=False, mininterval=_BAR_INTERVAL)
         for step in range(start, e):
             epoch, i = divmod(step - b, spe)
             order = np.random.default_rng([config.seed, k, epoch]).permutation(n)
@@ -160,7 +162,8 @@ def evaluate_category(method, config, state, test: data_lib.Split, mesh) -> tupl
     images = np.concatenate([test.images, np.repeat(test.images[-1:], pad, axis=0)]) if pad else test.images
     jax.block_until_ready(score(state, parallel.global_batch(mesh, {"x": images[:bs]})["x"]))   # compile
     t0 = time.perf_counter()
-    for chunk in tqdm(list(_batches(images, bs)), desc="evaluate", disable=not _is_main(), leave=False):
+    for chunk in tqdm(list(_batches(images, bs)), desc="evaluate", disable=not _is_main(), leave=False,
+                      mininterval=_BAR_INTERVAL):
         m, s = score(state, parallel.global_batch(mesh, {"x": chunk})["x"])
         maps.append(np.asarray(jax.device_get(m)))
         scores.append(np.asarray(jax.device_get(s)))
