@@ -1,0 +1,136 @@
+"""PyramidFlow speed and memory: training steps and inference, reversible backprop on and off.
+
+Setting of the official CPU anchors (shared/notes/pyramidflow.md): fully
+normalizing flow, 256x256 input, C=16, L=4, kernel 7, CVN; train batch 2,
+inference batch 4; D = 2, 4, 8. Inputs as in shared/golden/README.md:
+``np.random.default_rng(seed).random((B, 3, H, W), float32)``, ImageNet-normalised
+(here NHWC). Every row runs in a fresh subprocess so that its peak memory is
+its own: process peak RSS on CPU, peak device memory on GPU.
+
+    python benchmarks/pyramidflow_speed.py                 # all rows
+    python benchmarks/pyramidflow_speed.py --depths 4 --steps 5 --no-rev
+
+Official anchors (2 CPU threads): train step 2.81 s (autograd, 2003 MB),
+4.21 s (memory-saving, 921 MB); inference 1.25 s per batch of 4 (3.2 img/s).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+ANCHORS = {"train_plain_s": 2.81, "train_rev_s": 4.21, "infer_img_s": 3.2, "rss_plain_mb": 2003, "rss_rev_mb": 921}
+
+
+def _peak_mb() -> float:
+    import jax
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        return stats.get("peak_bytes_in_use", 0) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _row(kind: str, depth: int, reversible: bool, steps: int, size: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from configs import pyramidflow as pf_config
+    from jaxflow_ad.models.pyramidflow import PyramidFlow, denormalize, normalize  # noqa: F401
+
+    cfg = pf_config.get_config()
+    cfg.model.update(channels=16, levels=4, stacks=depth, ksize=7, volume_norm="CVN", reversible=reversible)
+    method = PyramidFlow(cfg)
+    batch = 2 if kind == "train" else 4
+    x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+    images = jnp.asarray(np.transpose(x, (0, 2, 3, 1)))          # [0,1]; the model normalises
+    state = method.init(jax.random.PRNGKey(0), (size, size, 3))
+    if kind == "train":
+        fn = jax.jit(method.train_step, donate_argnums=0)
+        args = lambda s: (s, {"image": images}, jax.random.PRNGKey(0))
+    else:
+        state = state.replace(stats={"template": tuple(
+            jnp.zeros((1, size // 2**i, size // 2**i, 16)) for i in range(4))})
+        fn = jax.jit(method.score)
+        args = lambda s: (s, images)
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args(state)).compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(steps + 1):                     # the first call warms caches
+        t0 = time.perf_counter()
+        out = compiled(*args(state))
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t0)
+        if kind == "train":
+            state = out[0]
+    times = times[1:]
+    med, mn = float(np.median(times)), float(np.min(times))
+    return {"kind": kind, "depth": depth, "reversible": reversible, "batch": batch, "compile_s": compile_s,
+            "median_s": med, "min_s": mn, "images_per_s": batch / med, "peak_mb": _peak_mb(),
+            "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--depths", default="2,4,8")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--no-rev", action="store_true", help="skip the reversible rows")
+    p.add_argument("--no-infer", action="store_true")
+    p.add_argument("--json", default="", help="also write the rows to this file")
+    p.add_argument("--_row", default="", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a._row:
+        kind, depth, rev = a._row.split(":")
+        print(json.dumps(_row(kind, int(depth), rev == "1", a.steps, a.size)))
+        return
+    jobs = []
+    for d in [int(v) for v in a.depths.split(",")]:
+        jobs.append(("train", d, 0))
+        if not a.no_rev:
+            jobs.append(("train", d, 1))
+        if not a.no_infer:
+            jobs.append(("infer", d, 0))
+    print(f"# machine: {platform.node()} {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs; python {platform.python_version()}")
+    print(f"# official anchors (2 CPU threads, D=4): {ANCHORS}")
+    print(f"{'kind':6} {'D':>2} {'rev':>3} {'batch':>5} {'compile s':>9} {'median s':>9} {'min s':>7} "
+          f"{'img/s':>7} {'peak MB':>8}  device")
+    rows = []
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for kind, d, rev in jobs:
+        out = subprocess.run([sys.executable, __file__, f"--_row={kind}:{d}:{rev}", f"--steps={a.steps}",
+                              f"--size={a.size}"], capture_output=True, text=True, env=env)
+        if out.returncode:
+            print(f"{kind:6} {d:>2} {rev:>3} FAILED: {out.stderr[-500:]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(r)
+        print(f"{kind:6} {d:>2} {'on' if rev else 'off':>3} {r['batch']:>5} {r['compile_s']:>9.2f} "
+              f"{r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['images_per_s']:>7.2f} {r['peak_mb']:>8.0f}  "
+              f"{r['device']}", flush=True)
+    for r in rows:
+        if r["depth"] == 4 and r["kind"] == "train":
+            ref = ANCHORS["train_rev_s" if r["reversible"] else "train_plain_s"]
+            print(f"summary: train D=4 rev={'on' if r['reversible'] else 'off'}: {r['median_s']:.3f} s/step, "
+                  f"{ref / r['median_s']:.2f}x the official {ref} s")
+        if r["depth"] == 4 and r["kind"] == "infer":
+            print(f"summary: inference D=4: {r['images_per_s']:.2f} img/s, "
+                  f"{r['images_per_s'] / ANCHORS['infer_img_s']:.2f}x the official {ANCHORS['infer_img_s']} img/s")
+    revs = {r["depth"]: r["peak_mb"] for r in rows if r["kind"] == "train" and r["reversible"]}
+    if 2 in revs and 8 in revs:
+        print(f"summary: reversible peak memory D=8 / D=2 = {revs[8] / revs[2]:.2f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
