@@ -1,0 +1,83 @@
+"""conv2d(impl="im2col") and the polyphase upsampled conv against lax.conv autodiff."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxflow_ad.flows.pyramid import nearest_up2
+from jaxflow_ad.nn.conv import Conv2D, conv2d, conv2d_nearest_up2, weight_grad_im2col
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def _ref(x, w, stride, pad):
+    return lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=DN)
+
+
+CASES = [  # (batch, h, w, in, out, k, stride)
+    (2, 16, 16, 4, 6, 3, 1), (1, 13, 11, 3, 5, 5, 1), (2, 20, 18, 5, 7, 7, 1),
+    (2, 16, 16, 4, 6, 3, 2), (3, 15, 17, 3, 4, 5, 2), (1, 22, 20, 6, 5, 7, 2),
+]
+
+
+@pytest.mark.parametrize("b,h,w,ci,co,k,s", CASES)
+def test_im2col_matches_lax_values_and_grads(b, h, w, ci, co, k, s):
+    rng = np.random.default_rng(h * 100 + k * 10 + s)
+    x = jnp.asarray(rng.standard_normal((b, h, w, ci)), jnp.float32)
+    wt = jnp.asarray(rng.standard_normal((k, k, ci, co)) / k, jnp.float32)
+    pad = ((k // 2, k // 2), (k // 2, k // 2))
+    y_ref = _ref(x, wt, s, pad)
+    ct = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
+    loss = lambda f: (lambda x, w: jnp.sum(f(x, w) * ct))
+    g_ref = jax.grad(loss(lambda x, w: _ref(x, w, s, pad)), argnums=(0, 1))(x, wt)
+    f = jax.jit(lambda x, w: conv2d(x, w, s, pad, impl="im2col"))
+    np.testing.assert_array_equal(np.asarray(f(x, wt)), np.asarray(jax.jit(lambda x, w: _ref(x, w, s, pad))(x, wt)))
+    g = jax.jit(jax.grad(loss(lambda x, w: conv2d(x, w, s, pad, impl="im2col")), argnums=(0, 1)))(x, wt)
+    assert _rel(g[0], g_ref[0]) <= 1e-5
+    assert _rel(g[1], g_ref[1]) <= 1e-5
+
+
+def test_weight_grad_asymmetric_padding_and_small_blocks():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 9, 10, 3)), jnp.float32)
+    dy_shape = _ref(x, jnp.zeros((5, 3, 3, 4)), 2, ((1, 2), (0, 1))).shape
+    dy = jnp.asarray(rng.standard_normal(dy_shape), jnp.float32)
+    ref = jax.vjp(lambda w: _ref(x, w, 2, ((1, 2), (0, 1))), jnp.zeros((5, 3, 3, 4)))[1](dy)[0]
+    got = weight_grad_im2col(x, dy, (5, 3), 2, ((1, 2), (0, 1)), block_pixels=7)   # ragged row blocks
+    assert _rel(got, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("impl", ["xla", "im2col"])
+def test_polyphase_upsampled_conv(k, impl):
+    rng = np.random.default_rng(k)
+    x = jnp.asarray(rng.standard_normal((2, 7, 6, 3)), jnp.float32)
+    wt = jnp.asarray(rng.standard_normal((k, k, 3, 4)) / k, jnp.float32)
+    pad = ((k // 2, k // 2),) * 2
+    ref_f = lambda x, w: _ref(nearest_up2(x), w, 1, pad)
+    np.testing.assert_allclose(conv2d_nearest_up2(x, wt, impl), ref_f(x, wt), rtol=1e-5, atol=1e-5)
+    ct = jnp.asarray(rng.standard_normal((2, 14, 12, 4)), jnp.float32)
+    g_ref = jax.grad(lambda x, w: jnp.sum(ref_f(x, w) * ct), argnums=(0, 1))(x, wt)
+    g = jax.grad(lambda x, w: jnp.sum(conv2d_nearest_up2(x, w, impl) * ct), argnums=(0, 1))(x, wt)
+    assert _rel(g[0], g_ref[0]) <= 1e-5 and _rel(g[1], g_ref[1]) <= 1e-5
+
+
+def test_conv2d_module_matches_flax_conv_params_and_values():
+    import flax.linen as nn
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 3)), jnp.float32)
+    ref = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)
+    ours = Conv2D(5, 3, kernel_init=nn.initializers.lecun_normal(), impl="im2col")
+    vr, vo = ref.init(jax.random.PRNGKey(3), x), ours.init(jax.random.PRNGKey(3), x)
+    np.testing.assert_array_equal(vr["params"]["kernel"], vo["params"]["kernel"])
+    np.testing.assert_allclose(ref.apply(vr, x), ours.apply(vo, x), rtol=1e-6, atol=1e-6)
+
+
+def test_unknown_impl_raises():
+    with pytest.raises(ValueError, match="model.conv_impl"):
+        conv2d(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)), impl="nope")
