@@ -13,6 +13,8 @@ Variants (``--config=configs/pyramidflow.py:<arg>``):
   2-core CPU; see the README for the measured table.
 * ``paper``: the official FNF hyperparameters (256x256, C=16, L=4, D=4,
   kernel 7, batch 2, 15 epochs, per-category levels/VN/augmentation).
+* ``resnet18``: the official default variant, a frozen ImageNet ResNet18 stem
+  (conv1..layer1, 64 channels at 1/4 resolution) in front of the flow, 1024 input.
 * ``smoke``: tiny, for CI (about a minute on CPU).
 
 Every value can be overridden as ``--config.x.y=value``.
@@ -33,7 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "pyramidflow"
-    c.model.encoder = "none"             # none (FNF) | resnet18
+    c.model.encoder = "none"             # none (FNF) | resnet18 | resnet34 (frozen stem + layer1, C forced to 64)
+    c.model.backbone = ml_collections.ConfigDict(dict(
+        weights="",                      # converted torchvision checkpoint (python -m third_party.convert ...)
+        random_init=False))              # smoke tests only: random encoder weights
     c.model.channels = 16
     c.model.levels = 4
     c.model.stacks = 4
@@ -43,6 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.pyramid_up = "nearest"       # nearest | zeros
     c.model.fast_down = True             # stride-2 last conv in 'down' blocks (same function under CVN)
     c.model.reversible = False           # memory-saving backprop through the flow
+    c.model.conv_impl = "im2col"         # xla | im2col: im2col-matmul conv weight gradient (same values; fast on CPU)
+    c.model.up_polyphase = True          # 'up' blocks: first conv as 4 polyphase convs at half resolution (same function)
     c.model.loss = "fourier"             # fourier | spatial (ablation IV) | nll (ablation I)
     c.model.template = "mean"            # mean | zero (ablation II)
     c.model.difference = "pyramid"       # pyramid | composed (ablation III)
@@ -69,6 +76,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.batch_size = 4
     elif arg == "paper":
         pass
+    elif arg == "resnet18":
+        # The official default (--encoder resnet18): 1024 input -> 256x256 maps. Give the converted
+        # weights with --config.model.backbone.weights=weights/resnet18.msgpack.
+        c.model.encoder = "resnet18"
+        c.model.channels = 64
+        c.data.image_size = 1024
     elif arg == "smoke":
         c.data.image_size = 64
         c.data.categories = "gravel,coin"
@@ -80,5 +93,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.batch_size = 4
         c.eval.num_heatmaps = 1
     else:
-        raise ValueError(f"unknown config variant {arg!r} for configs/pyramidflow.py; use '', 'paper' or 'smoke'")
+        raise ValueError(f"unknown config variant {arg!r} for configs/pyramidflow.py; "
+                         "use '', 'paper', 'resnet18' or 'smoke'")
     return c

@@ -186,6 +186,9 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
     with cfg.unlocked():
         cfg.train.steps_per_epoch = len(train) // int(cfg.train.batch_size)
     method = models.build(cfg)
+    notes = list(getattr(method, "notes", []))      # e.g. which backbone weights stand in
+    for note in notes:
+        log.warning("%s: %s", category, note)
     mesh = parallel.make_mesh()
     state = parallel.to_replicated(mesh, method.init(jax.random.PRNGKey(cfg.seed), (size, size, 3)))
     ckpt = Checkpointer(cat_dir / "checkpoints")
@@ -212,7 +215,7 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
                                   test.paths, int(cfg.eval.num_heatmaps))
             for name, img in method.artifacts(state).items():
                 report.save_image(cat_dir / f"{name}.png", img)
-            (cat_dir / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+            (cat_dir / "metrics.json").write_text(json.dumps({**result, "notes": notes}, indent=2, sort_keys=True))
         return result
     finally:
         writer.close()

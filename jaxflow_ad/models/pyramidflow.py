@@ -160,11 +160,16 @@ class PyramidFlowNet:
     fast_down: bool = True
     reversible: bool = False
     encoder: str = "none"
+    conv_impl: str = "im2col"     # "xla" | "im2col" (jaxflow_ad.nn.conv); same function
+    up_polyphase: bool = True     # 'up' blocks: first conv as 4 polyphase convs at half resolution
+    # Pretrained-encoder variant: (flax module, tap name, mean, std) from jaxflow_ad.backbones.
+    backbone: tuple | None = None
 
     @functools.cached_property
     def layers(self) -> tuple[PyramidCoupling, ...]:
         return tuple(PyramidCoupling(kind, start, self.channels, self.ksize, self.volume_norm,
-                                     fast_down=self.fast_down)
+                                     fast_down=self.fast_down, conv_impl=self.conv_impl,
+                                     up_polyphase=self.up_polyphase)
                      for kind, start in pyramid_schedule(self.levels, self.stacks))
 
     @property
@@ -172,30 +177,46 @@ class PyramidFlowNet:
         return [f"block_{i:02d}" for i in range(len(self.layers))]
 
     # -------------------------------------------------------------- variables
-    def init(self, rng: jax.Array, image_shape: tuple[int, int, int]):
+    def init(self, rng: jax.Array, image_shape: tuple[int, int, int], backbone_variables=None):
         h, w, _ = image_shape
-        pyr.check_divisible((1, h, w), self.levels)
-        if self.encoder != "none":
-            raise NotImplementedError(
-                f"model.encoder={self.encoder!r}: the ResNet encoder variant needs jaxflow_ad.backbones; "
-                "use model.encoder='none' (the fully normalizing flow)")
+        if self.backbone is None:
+            pyr.check_divisible((1, h, w), self.levels)
         k_proj, k_blocks = jax.random.split(rng)
-        in_proj = orthogonal_projection(k_proj, self.channels)
-        feats = pyr.decompose(jnp.zeros((1, h, w, self.channels)), self.levels, self.pyramid_down, self.pyramid_up)
+        if self.backbone is None:
+            encoder = {"in_proj": orthogonal_projection(k_proj, self.channels)}
+        else:
+            encoder = {"backbone": backbone_variables}
+        feat_shape = jax.eval_shape(lambda e: self.encode({"encoder": e}, jnp.zeros((1, h, w, 3))),
+                                    encoder).shape
+        if feat_shape[-1] != self.channels:
+            raise ValueError(f"model.channels={self.channels} but the encoder gives {feat_shape[-1]} channels")
+        pyr.check_divisible(feat_shape, self.levels)
+        feats = pyr.decompose(jnp.zeros(feat_shape), self.levels, self.pyramid_down, self.pyramid_up)
         params, blocks = {}, {}
         for name, layer, key in zip(self.names, self.layers, jax.random.split(k_blocks, len(self.layers))):
             v = layer.init(key, feats, method=layer.forward)
             params[name] = v["params"]
             blocks[name] = {k: c for k, c in v.items() if k != "params"}
-        return params, {"encoder": {"in_proj": in_proj}, "blocks": blocks}
+        return params, {"encoder": encoder, "blocks": blocks}
 
     def _variables(self, params, model_state):
         return [{"params": params[n], **model_state["blocks"][n]} for n in self.names]
 
     # -------------------------------------------------------------- maps
     def encode(self, model_state, x: jax.Array) -> jax.Array:
-        """ImageNet-normalised NHWC images -> features (frozen encoder)."""
-        return jax.lax.stop_gradient(x @ model_state["encoder"]["in_proj"])
+        """ImageNet-normalised NHWC images -> features of the frozen encoder.
+
+        FNF: the orthogonal 3->C projection. Pretrained variant: the backbone's
+        tap (ResNet18 ``layer1``: 64 channels at 1/4 resolution), in inference
+        mode. The official code leaves the ResNet BatchNorms in training mode
+        while the flow trains (batch statistics of 2 images, drifting running
+        stats); we keep the pretrained encoder fixed as the paper describes.
+        """
+        if self.backbone is None:
+            return jax.lax.stop_gradient(x @ model_state["encoder"]["in_proj"])
+        module, tap, mean, std = self.backbone
+        x = (denormalize(x) - jnp.asarray(mean)) / jnp.asarray(std)
+        return jax.lax.stop_gradient(module.apply(model_state["encoder"]["backbone"], x)[tap])
 
     def forward(self, params, model_state, x: jax.Array, *, train: bool = False):
         """Normalised images -> ``(latent levels, logdet [B], new model_state)``."""
@@ -233,12 +254,40 @@ def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
     )
 
 
-def net_from_config(m: ml_collections.ConfigDict) -> PyramidFlowNet:
+ENCODERS = {"resnet18": "layer1", "resnet34": "layer1"}
+
+
+def load_encoder(m: ml_collections.ConfigDict):
+    """The frozen pretrained encoder of the ResNet variant: ``(backbone tuple, variables, note)``.
+
+    Official default: ``conv1, bn1, relu, maxpool, layer1`` of an ImageNet ResNet18
+    (64 channels at 1/4 resolution). Weights come from ``model.backbone.weights``
+    (converted with ``python -m third_party.convert --arch resnet18 ...``); without
+    them :func:`jaxflow_ad.backbones.load_backbone` falls back to EfficientNet-Lite0
+    at the same stride and says so in the note.
+    """
+    from jaxflow_ad import backbones   # imported only for this variant
+
+    if m.encoder not in ENCODERS:
+        raise ValueError(f"unknown model.encoder {m.encoder!r}; use 'none' or one of {sorted(ENCODERS)}")
+    tap = ENCODERS[m.encoder]
+    b = m.get("backbone", ml_collections.ConfigDict())
+    cfg = {"arch": m.encoder, "weights": b.get("weights") or None, "taps": (tap,),
+           "random_init": bool(b.get("random_init", False))}
+    loaded = backbones.load_backbone(cfg)
+    module, variables = loaded
+    feats = jax.eval_shape(lambda v: module.apply(v, jnp.zeros((1, 64, 64, 3))), variables)
+    out_tap = next(iter(feats))
+    return (module, out_tap, tuple(loaded.mean), tuple(loaded.std)), variables, loaded.note, feats[out_tap].shape[-1]
+
+
+def net_from_config(m: ml_collections.ConfigDict, backbone=None, channels=None) -> PyramidFlowNet:
     if m.loss not in LOSSES:
         raise ValueError(f"unknown model.loss {m.loss!r}; use one of {LOSSES}")
-    return PyramidFlowNet(channels=m.channels, levels=m.levels, stacks=m.stacks, ksize=m.ksize,
+    return PyramidFlowNet(channels=channels or m.channels, levels=m.levels, stacks=m.stacks, ksize=m.ksize,
                           volume_norm=m.volume_norm, pyramid_down=m.pyramid_down, pyramid_up=m.pyramid_up,
-                          fast_down=m.fast_down, reversible=m.reversible, encoder=m.encoder)
+                          fast_down=m.fast_down, reversible=m.reversible, encoder=m.encoder, backbone=backbone,
+                          conv_impl=m.get("conv_impl", "im2col"), up_polyphase=m.get("up_polyphase", True))
 
 
 class PyramidFlow:
@@ -248,7 +297,14 @@ class PyramidFlow:
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        self.net = net_from_config(config.model)
+        self.notes: list[str] = []
+        self._backbone_variables = None
+        if config.model.encoder == "none":
+            self.net = net_from_config(config.model)
+        else:   # the official code forces C to the encoder's channels (64 for ResNet18)
+            backbone, self._backbone_variables, note, channels = load_encoder(config.model)
+            self.notes.append(note)
+            self.net = net_from_config(config.model, backbone, channels)
         self.tx = make_optimizer(config.train.optimizer)
         self.stages = (Stage("flow", int(config.train.epochs), self.train_step, self.tx),)
         self._eval_latents = jax.jit(self._latents_eval)
@@ -264,7 +320,7 @@ class PyramidFlow:
 
     # -------------------------------------------------------------- training
     def init(self, rng: jax.Array, image_shape: tuple[int, int, int]) -> State:
-        params, model_state = self.net.init(rng, image_shape)
+        params, model_state = self.net.init(rng, image_shape, self._backbone_variables)
         return State(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                      opt_state=self.tx.init(params), stats={})
 
@@ -317,7 +373,7 @@ class PyramidFlow:
         return amap, jnp.max(amap, axis=(1, 2))
 
     def artifacts(self, state: State) -> dict[str, np.ndarray]:
-        if self.net.encoder != "none" or "template" not in state.stats:
+        if self.net.backbone is not None or "template" not in state.stats:
             return {}
         img = self.net.image_from_latents(state.params, state.model_state, state.stats["template"])
         return {"image_template": np.asarray(img[0])}

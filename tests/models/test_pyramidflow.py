@@ -114,3 +114,31 @@ def test_bad_config_values_are_named():
         _method(volume_norm="BN").init(jax.random.PRNGKey(0), (16, 16, 3))
     with pytest.raises(ValueError, match="data.image_size or model.levels"):
         _method().init(jax.random.PRNGKey(0), (18, 18, 3))
+
+
+def test_resnet18_encoder_variant(tmp_path):
+    """Frozen ResNet18 stem + layer1 in front of the flow: 64 channels at 1/4 resolution, trains, scores."""
+    from jaxflow_ad import backbones
+    cfg = pf_config.get_config("smoke")
+    cfg.model.update(encoder="resnet18", levels=3, stacks=1, ksize=3)
+    cfg.model.backbone.random_init = True
+    method = pf.PyramidFlow(cfg)
+    assert method.net.channels == 64 and "RANDOM" in method.notes[0]
+    state = method.init(jax.random.PRNGKey(0), (32, 32, 3))
+    enc = state.model_state["encoder"]["backbone"]
+    rng = np.random.default_rng(0)
+    step = jax.jit(method.train_step)
+    state2, m = step(state, {"image": jnp.asarray(rng.random((2, 32, 32, 3), np.float32))}, None)
+    assert np.isfinite(float(m["loss"]))
+    for a, b in zip(jax.tree_util.tree_leaves(enc), jax.tree_util.tree_leaves(state2.model_state["encoder"])):
+        np.testing.assert_array_equal(a, b)          # the encoder is frozen
+    state2 = method.fit_statistics(state2, [rng.random((2, 32, 32, 3), np.float32)])
+    maps, _ = method.score(state2, jnp.asarray(rng.random((2, 32, 32, 3), np.float32)))
+    assert maps.shape == (2, 8, 8)
+    assert method.artifacts(state2) == {}
+    # weights from a converted file are used when given
+    path = tmp_path / "r18.msgpack"
+    backbones.save_weights(path, "resnet18", enc)
+    cfg.model.backbone.update(random_init=False, weights=str(path))
+    m2 = pf.PyramidFlow(cfg)
+    assert str(path) in m2.notes[0]
