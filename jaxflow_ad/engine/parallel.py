@@ -77,5 +77,6 @@ def jit_train_step(mesh: Mesh, step: Callable) -> Callable:
 
 
 def jit_score(mesh: Mesh, score: Callable) -> Callable:
+    """``(state, images) -> (maps, scores)``; outputs replicated so every process can read them."""
     rep, data = replicated(mesh), batch_sharded(mesh)
-    return jax.jit(score, in_shardings=(rep, data), out_shardings=(data, data))
+    return jax.jit(score, in_shardings=(rep, data), out_shardings=(rep, rep))
