@@ -36,7 +36,8 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _row(kind: str, depth: int, reversible: bool, steps: int, size: int) -> dict:
+def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_impl: str = "im2col",
+         polyphase: bool = True) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -45,7 +46,8 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int) -> dict
     from jaxflow_ad.models.pyramidflow import PyramidFlow, denormalize, normalize  # noqa: F401
 
     cfg = pf_config.get_config()
-    cfg.model.update(channels=16, levels=4, stacks=depth, ksize=7, volume_norm="CVN", reversible=reversible)
+    cfg.model.update(channels=16, levels=4, stacks=depth, ksize=7, volume_norm="CVN", reversible=reversible,
+                     conv_impl=conv_impl, up_polyphase=polyphase)
     method = PyramidFlow(cfg)
     batch = 2 if kind == "train" else 4
     x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
@@ -74,6 +76,7 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int) -> dict
     med, mn = float(np.median(times)), float(np.min(times))
     return {"kind": kind, "depth": depth, "reversible": reversible, "batch": batch, "compile_s": compile_s,
             "median_s": med, "min_s": mn, "images_per_s": batch / med, "peak_mb": _peak_mb(),
+            "conv_impl": conv_impl, "polyphase": polyphase,
             "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform}
 
 
@@ -84,12 +87,14 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--no-rev", action="store_true", help="skip the reversible rows")
     p.add_argument("--no-infer", action="store_true")
+    p.add_argument("--conv-impl", default="im2col", help="model.conv_impl: xla | im2col")
+    p.add_argument("--no-polyphase", action="store_true", help="model.up_polyphase=False")
     p.add_argument("--json", default="", help="also write the rows to this file")
     p.add_argument("--_row", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a._row:
         kind, depth, rev = a._row.split(":")
-        print(json.dumps(_row(kind, int(depth), rev == "1", a.steps, a.size)))
+        print(json.dumps(_row(kind, int(depth), rev == "1", a.steps, a.size, a.conv_impl, not a.no_polyphase)))
         return
     jobs = []
     for d in [int(v) for v in a.depths.split(",")]:
@@ -100,6 +105,7 @@ def main() -> None:
             jobs.append(("infer", d, 0))
     print(f"# machine: {platform.node()} {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; python {platform.python_version()}")
+    print(f"# conv_impl={a.conv_impl} up_polyphase={not a.no_polyphase}; load average {os.getloadavg()}")
     print(f"# official anchors (2 CPU threads, D=4): {ANCHORS}")
     print(f"{'kind':6} {'D':>2} {'rev':>3} {'batch':>5} {'compile s':>9} {'median s':>9} {'min s':>7} "
           f"{'img/s':>7} {'peak MB':>8}  device")
@@ -107,7 +113,7 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for kind, d, rev in jobs:
         out = subprocess.run([sys.executable, __file__, f"--_row={kind}:{d}:{rev}", f"--steps={a.steps}",
-                              f"--size={a.size}"], capture_output=True, text=True, env=env)
+                              f"--size={a.size}", f"--conv-impl={a.conv_impl}"] + (["--no-polyphase"] if a.no_polyphase else []), capture_output=True, text=True, env=env)
         if out.returncode:
             print(f"{kind:6} {d:>2} {rev:>3} FAILED: {out.stderr[-500:]}")
             continue

@@ -67,13 +67,16 @@ class PyramidCoupling(nn.Module):
     volume_norm: str = "CVN"
     clamp: float = 2.0
     fast_down: bool = True
+    conv_impl: str = "xla"
+    up_polyphase: bool = True
 
     def setup(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown pyramid block kind {self.kind!r}; use one of {KINDS}")
         c = self.channels
         stride = 2 if (self.kind == "down" and self.fast_down and self.volume_norm != "SVN") else 1
-        self.affine = AffineParams(c, 2 * c, self.ksize, self.clamp, self.volume_norm, last_stride=stride)
+        self.affine = AffineParams(c, 2 * c, self.ksize, self.clamp, self.volume_norm, last_stride=stride,
+                                   conv_impl=self.conv_impl)
         self.lu = InvConv1x1LU(volume_norm=self.volume_norm != "none")
 
     @property
@@ -84,7 +87,10 @@ class PyramidCoupling(nn.Module):
         tgt = levels[self.target]
         size = tgt.shape[1:3]
         if self.kind == "up":
-            return self.affine(resize_nearest(levels[self.start + 1], size), train, update_stats)
+            cond = levels[self.start + 1]
+            if self.up_polyphase and cond.shape[1] * 2 == size[0] and cond.shape[2] * 2 == size[1]:
+                return self.affine(cond, train, update_stats, upsampled=True)   # same function, cheaper
+            return self.affine(resize_nearest(cond, size), train, update_stats)
         if self.kind == "dual":
             cond = jnp.concatenate([resize_nearest(levels[self.start], size),
                                     resize_nearest(levels[self.start + 2], size)], axis=-1)
