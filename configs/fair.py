@@ -95,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.epochs = 100
     elif arg == "smoke":
         c.data.image_size = 64
-        c.data.categories = "auto:2"
+        c.data.categories = "gravel,coin"
         c.model.base_width = 16
         c.train.epochs = 2
         c.train.batch_size = 8
