@@ -1,4 +1,27 @@
 """Pure jax.numpy.fft functions: high-pass filters, Sobel, Fourier loss."""
+from jaxflow_ad.spectral.filters import (
+    apply_centered_transfer,
+    butterworth_highpass,
+    frequency_distance,
+    gaussian_highpass,
+    highpass_filter,
+    highpass_transfer,
+    ideal_highpass,
+    rgb_to_gray,
+)
 from jaxflow_ad.spectral.fourier_loss import mean_abs_fft2, mean_abs_fft2_reference
+from jaxflow_ad.spectral.sobel import (
+    central_difference_transfer,
+    sobel,
+    sobel_features,
+    sobel_fft,
+    sobel_kernel,
+    sobel_transfer,
+)
 
-__all__ = ["mean_abs_fft2", "mean_abs_fft2_reference"]
+__all__ = [
+    "apply_centered_transfer", "butterworth_highpass", "central_difference_transfer", "frequency_distance",
+    "gaussian_highpass", "highpass_filter", "highpass_transfer", "ideal_highpass", "mean_abs_fft2",
+    "mean_abs_fft2_reference", "rgb_to_gray", "sobel", "sobel_features", "sobel_fft", "sobel_kernel",
+    "sobel_transfer",
+]
