@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Quick start on the built-in dataset, sized for a 2-core CPU (see the README).
         c.data.image_size = 128
         c.model.stacks = 2
-        c.train.epochs = 8
+        c.train.epochs = 6
         c.train.batch_size = 4
     elif arg == "paper":
         pass
