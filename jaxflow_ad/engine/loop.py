@@ -134,7 +134,7 @@ def train_category(method, config, train: data_lib.Split, category: str, cat_dir
             batch = parallel.global_batch(mesh, stage.prepare_batch(images, rng))
             state, m = step_fn(state, batch, jax.random.fold_in(key, step))
             m = {name: float(v) for name, v in m.items()}   # waits for the step: also avoids the
-            bar.set_postfix(loss=f"{m['loss']:.4g}")         # 2-core collective deadlock (environment.md)
+            bar.set_postfix(loss=f"{m['loss']:.4g}", refresh=False)   # 2-core collective deadlock (environment.md)
             bar.update(1)
             if not np.isfinite(m["loss"]):
                 raise FloatingPointError(f"{category}: loss is {m['loss']} at step {step}; "
