@@ -55,20 +55,14 @@ Every value can be overridden as ``--config.x.y=value``.
 """
 import ml_collections
 
+from configs.common import base_config
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-
-    c.data = ml_collections.ConfigDict()
-    c.data.root = ""                     # "" = the built-in synthetic dataset
-    c.data.categories = ""               # comma-separated; "" = every category under root
-    c.data.image_size = 256
-    c.data.augment = "none"              # FAIR's own augmentation is the anomaly synthesis
+    # data.augment none: FAIR's own augmentation is the anomaly synthesis
+    c = base_config("fair", augment="none", eval_batch_size=8)
     c.data.texture_root = ""             # DTD root; "" = textures from the training images (noDTD)
 
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "fair"
     c.model.base_width = 128             # c: 128 (paper), 64, 32
     c.model.extractor = "butterworth"    # butterworth | gaussian | ideal | sobel_xy | sobel_x
     c.model.cutoff = 30.0                # D0 in frequency-index units at cutoff_reference_size
@@ -84,7 +78,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         lab_channel_order="rgb",         # "bgr" reproduces the official Lab-of-BGR quirk
     ))
 
-    c.train = ml_collections.ConfigDict()
     c.train.epochs = 800
     c.train.batch_size = 8
     c.train.steps_per_epoch = 0          # set by the engine: ceil(num_train_images / batch_size)
@@ -105,12 +98,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     c.train.checkpoint_every_steps = 1000
     c.train.log_every_steps = 50
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 8
-    c.eval.fpr_limit = 0.3
-    c.eval.resolution = "native"         # native (mask size) or an int
-    c.eval.num_heatmaps = 2              # per defect kind
 
     if arg == "paper":
         pass

@@ -32,20 +32,13 @@ Every value can be overridden as ``--config.x.y=value``.
 """
 import ml_collections
 
+from configs.common import base_config
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-
-    c.data = ml_collections.ConfigDict()
-    c.data.root = ""                     # "" = the built-in synthetic dataset
-    c.data.categories = ""               # comma-separated; "" = every category under root
-    c.data.image_size = 256
-    c.data.augment = "auto"              # auto (flips + rot90 for textures), none, flip_rot90
+    c = base_config("pyramidflow", augment="auto", eval_batch_size=4)
     c.data.per_category = True           # use CATEGORY_SETTINGS (levels, VN) where known
 
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "pyramidflow"
     c.model.encoder = "none"             # none (FNF) | resnet18 | resnet34 (frozen stem + layer1, C forced to 64)
     c.model.backbone = ml_collections.ConfigDict(dict(
         weights="",                      # converted torchvision checkpoint (python -m third_party.convert ...)
@@ -65,19 +58,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.template = "mean"            # mean | zero (ablation II)
     c.model.difference = "pyramid"       # pyramid | composed (ablation III)
 
-    c.train = ml_collections.ConfigDict()
     c.train.epochs = 15
     c.train.batch_size = 2
     c.train.optimizer = ml_collections.ConfigDict(
         dict(lr=2e-4, b1=0.5, b2=0.9, eps=1e-4, weight_decay=1e-5, clip_norm=1.0))
     c.train.checkpoint_every_steps = 200
     c.train.log_every_steps = 10
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 4
-    c.eval.fpr_limit = 0.3
-    c.eval.resolution = "native"         # native (mask size) or an int
-    c.eval.num_heatmaps = 2              # per defect kind
 
     if arg in (None, ""):
         # Quick start on the built-in dataset, sized for a 2-core CPU (see the README).

@@ -1,0 +1,25 @@
+"""The sections every method's config shares: seed, data and evaluation."""
+import ml_collections
+
+
+def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_collections.ConfigDict:
+    """``seed``, ``data``, ``eval`` filled in; ``model`` (with ``name``) and ``train`` to be filled by the method."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.root = ""                     # "" = the built-in synthetic dataset
+    c.data.categories = ""               # comma-separated; "" = every category under root
+    c.data.image_size = 256
+    c.data.augment = augment             # auto (flips + rot90 for textures), none, flip_rot90
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = model_name
+    c.train = ml_collections.ConfigDict()
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = eval_batch_size
+    c.eval.fpr_limit = 0.3               # AUPRO integrated to this FPR, divided by it
+    c.eval.resolution = "native"         # native (each mask's size) or an int
+    c.eval.num_heatmaps = 2              # figures per defect kind
+    return c
