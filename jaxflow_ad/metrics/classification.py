@@ -63,8 +63,12 @@ def f1_max(labels, scores, *, return_threshold: bool = False):
     Returns:
       The F1-max as a float, or `(f1_max, threshold)` with `return_threshold=True`.
     """
-    y, s = check_image_inputs(labels, scores, "f1_max")
-    require_positives(y, "f1_max", "samples")
+    return _f1_max(labels, scores, "f1_max", "samples", return_threshold)
+
+
+def _f1_max(labels, scores, name: str, what: str, return_threshold: bool):
+    y, s = check_image_inputs(labels, scores, name)
+    require_positives(y, name, what)
     f1, thr = _f1_from_pr(*precision_recall_curve(y, s))
     return (f1, thr) if return_threshold else f1
 
@@ -101,10 +105,7 @@ def image_ap(labels, scores) -> float:
 
 def image_f1_max(labels, scores, *, return_threshold: bool = False):
     """Image-level F1-max (see `f1_max`)."""
-    y, s = check_image_inputs(labels, scores, "image_f1_max")
-    require_positives(y, "image_f1_max", "images")
-    f1, thr = _f1_from_pr(*precision_recall_curve(y, s))
-    return (f1, thr) if return_threshold else f1
+    return _f1_max(labels, scores, "image_f1_max", "images", return_threshold)
 
 
 # ----------------------------------------------------------------------------- pixel level
