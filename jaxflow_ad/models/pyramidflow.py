@@ -160,7 +160,7 @@ class PyramidFlowNet:
     fast_down: bool = True
     reversible: bool = False
     encoder: str = "none"
-    conv_impl: str = "im2col"     # "xla" | "im2col" (jaxflow_ad.nn.conv); same function
+    conv_impl: str = "fft"        # "xla" | "im2col" | "fft" (jaxflow_ad.nn.conv); same function
     up_polyphase: bool = True     # 'up' blocks: first conv as 4 polyphase convs at half resolution
     # Pretrained-encoder variant: (flax module, tap name, mean, std) from jaxflow_ad.backbones.
     backbone: tuple | None = None
@@ -222,7 +222,8 @@ class PyramidFlowNet:
         """Normalised images -> ``(latent levels, logdet [B], new model_state)``."""
         feats = pyr.decompose(self.encode(model_state, x), self.levels, self.pyramid_down, self.pyramid_up)
         z, logdet, new_vars = chain_forward(self.layers, self._variables(params, model_state), feats,
-                                            train=train, reversible=self.reversible and train)
+                                            train=train, reversible=self.reversible and train,
+                                            period=len(self.layers) // self.stacks)
         blocks = {n: {k: c for k, c in v.items() if k != "params"} for n, v in zip(self.names, new_vars)}
         return z, logdet, dict(model_state, blocks=blocks)
 
@@ -287,7 +288,7 @@ def net_from_config(m: ml_collections.ConfigDict, backbone=None, channels=None) 
     return PyramidFlowNet(channels=channels or m.channels, levels=m.levels, stacks=m.stacks, ksize=m.ksize,
                           volume_norm=m.volume_norm, pyramid_down=m.pyramid_down, pyramid_up=m.pyramid_up,
                           fast_down=m.fast_down, reversible=m.reversible, encoder=m.encoder, backbone=backbone,
-                          conv_impl=m.get("conv_impl", "im2col"), up_polyphase=m.get("up_polyphase", True))
+                          conv_impl=m.get("conv_impl", "fft"), up_polyphase=m.get("up_polyphase", True))
 
 
 class PyramidFlow:

@@ -217,7 +217,9 @@ def _coupling_chain(depth, c=4):
             for i in range(depth)]
 
 
-def test_chain_round_trip_and_reversible_gradients():
+@pytest.mark.parametrize("period", [None, 2])
+def test_chain_round_trip_and_reversible_gradients(period):
+    """Reversible gradients equal autodiff, unrolled and as a scan over repetitions."""
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
     layers = _coupling_chain(6)
     variables = [_perturb_params(l.init(jax.random.PRNGKey(i), x, method=l.forward), jax.random.PRNGKey(10 + i), 0.05)
@@ -229,7 +231,7 @@ def test_chain_round_trip_and_reversible_gradients():
 
     def loss(params, rev):
         vs = [dict(v, params=p) for v, p in zip(variables, params)]
-        y, ld, new = chain_forward(layers, vs, x, train=True, reversible=rev)
+        y, ld, new = chain_forward(layers, vs, x, train=True, reversible=rev, period=period if rev else None)
         return jnp.mean(y ** 2) - 1e-3 * jnp.mean(ld), new
 
     params = [v["params"] for v in variables]
@@ -243,4 +245,13 @@ def test_chain_round_trip_and_reversible_gradients():
     # running means updated once, identically on both paths
     for a, b in zip(jax.tree_util.tree_leaves([v["volume_norm"] for v in n0]),
                     jax.tree_util.tree_leaves([v["volume_norm"] for v in n1])):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_reversible_period_must_divide_a_repeating_chain():
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 4, 4))
+    layers = _coupling_chain(6)          # flip alternates: period 2, not 3 or 4
+    variables = [l.init(jax.random.PRNGKey(i), x, method=l.forward) for i, l in enumerate(layers)]
+    for bad in (3, 4):
+        with pytest.raises(ValueError, match="repetition"):
+            chain_forward(layers, variables, x, train=True, reversible=True, period=bad)

@@ -1,4 +1,4 @@
-"""conv2d(impl="im2col") and the polyphase upsampled conv against lax.conv autodiff."""
+"""conv2d(impl="im2col"|"fft"), the tiled FFT conv and the polyphase upsampled conv against lax.conv."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from jax import lax
 
 from jaxflow_ad.flows.pyramid import nearest_up2
-from jaxflow_ad.nn.conv import Conv2D, conv2d, conv2d_nearest_up2, weight_grad_im2col
+from jaxflow_ad.nn.conv import Conv2D, conv2d, conv2d_fft, conv2d_nearest_up2, weight_grad_im2col
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -26,8 +26,9 @@ CASES = [  # (batch, h, w, in, out, k, stride)
 ]
 
 
+@pytest.mark.parametrize("impl", ["im2col", "fft"])
 @pytest.mark.parametrize("b,h,w,ci,co,k,s", CASES)
-def test_im2col_matches_lax_values_and_grads(b, h, w, ci, co, k, s):
+def test_impl_matches_lax_values_and_grads(b, h, w, ci, co, k, s, impl):
     rng = np.random.default_rng(h * 100 + k * 10 + s)
     x = jnp.asarray(rng.standard_normal((b, h, w, ci)), jnp.float32)
     wt = jnp.asarray(rng.standard_normal((k, k, ci, co)) / k, jnp.float32)
@@ -36,9 +37,9 @@ def test_im2col_matches_lax_values_and_grads(b, h, w, ci, co, k, s):
     ct = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
     loss = lambda f: (lambda x, w: jnp.sum(f(x, w) * ct))
     g_ref = jax.grad(loss(lambda x, w: _ref(x, w, s, pad)), argnums=(0, 1))(x, wt)
-    f = jax.jit(lambda x, w: conv2d(x, w, s, pad, impl="im2col"))
+    f = jax.jit(lambda x, w: conv2d(x, w, s, pad, impl=impl))
     np.testing.assert_array_equal(np.asarray(f(x, wt)), np.asarray(jax.jit(lambda x, w: _ref(x, w, s, pad))(x, wt)))
-    g = jax.jit(jax.grad(loss(lambda x, w: conv2d(x, w, s, pad, impl="im2col")), argnums=(0, 1)))(x, wt)
+    g = jax.jit(jax.grad(loss(lambda x, w: conv2d(x, w, s, pad, impl=impl)), argnums=(0, 1)))(x, wt)
     assert _rel(g[0], g_ref[0]) <= 1e-5
     assert _rel(g[1], g_ref[1]) <= 1e-5
 
@@ -54,7 +55,7 @@ def test_weight_grad_asymmetric_padding_and_small_blocks():
 
 
 @pytest.mark.parametrize("k", [3, 5, 7])
-@pytest.mark.parametrize("impl", ["xla", "im2col"])
+@pytest.mark.parametrize("impl", ["xla", "im2col", "fft"])
 def test_polyphase_upsampled_conv(k, impl):
     rng = np.random.default_rng(k)
     x = jnp.asarray(rng.standard_normal((2, 7, 6, 3)), jnp.float32)
@@ -66,6 +67,31 @@ def test_polyphase_upsampled_conv(k, impl):
     g_ref = jax.grad(lambda x, w: jnp.sum(ref_f(x, w) * ct), argnums=(0, 1))(x, wt)
     g = jax.grad(lambda x, w: jnp.sum(conv2d_nearest_up2(x, w, impl) * ct), argnums=(0, 1))(x, wt)
     assert _rel(g[0], g_ref[0]) <= 1e-5 and _rel(g[1], g_ref[1]) <= 1e-5
+
+
+@pytest.mark.parametrize("shape,kshape,pad,tiles", [
+    ((2, 37, 29, 3, 5), (7, 7), ((3, 3), (3, 3)), None),      # ragged last tiles
+    ((1, 16, 40, 4, 2), (5, 3), ((1, 3), (0, 2)), None),      # asymmetric padding, rectangular kernel
+    ((2, 24, 24, 2, 3), (3, 3), ((1, 1), (1, 1)), (8, 12)),   # explicit, unequal tiles
+    ((1, 9, 9, 2, 2), (7, 7), ((0, 0), (0, 0)), None),        # 'valid'
+])
+def test_conv2d_fft_equals_lax(shape, kshape, pad, tiles):
+    b, h, w, ci, co = shape
+    rng = np.random.default_rng(h + w)
+    x = jnp.asarray(rng.standard_normal((b, h, w, ci)), jnp.float32)
+    wt = jnp.asarray(rng.standard_normal(kshape + (ci, co)), jnp.float32)
+    ref = lax.conv_general_dilated(x, wt, (1, 1), pad, dimension_numbers=DN, precision=lax.Precision.HIGHEST)
+    got = conv2d_fft(x, wt, pad, tiles)
+    assert got.shape == ref.shape
+    assert _rel(got, ref) <= 2e-6
+
+
+def test_conv2d_fft_rejects_bad_tiles_and_padding():
+    x, wt = jnp.zeros((1, 8, 8, 1)), jnp.zeros((7, 7, 1, 1))
+    with pytest.raises(ValueError, match="tile"):
+        conv2d_fft(x, wt, "SAME", (10, 10))
+    with pytest.raises(ValueError, match="non-negative"):
+        conv2d_fft(x, wt, ((-1, 0), (0, 0)))
 
 
 def test_conv2d_module_matches_flax_conv_params_and_values():
