@@ -31,21 +31,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 
+from memory import peak_mb  # noqa: E402  (benchmarks/ is on sys.path)
+
 PAPER_FPS = {128: 57.0, 64: 100.0, 32: 132.0}
-
-
-def _peak_mb() -> float:
-    import jax
-    dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        stats = dev.memory_stats() or {}
-        return stats.get("peak_bytes_in_use", 0) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _row(width: int, batch: int, steps: int, size: int, extractor: str) -> dict:
@@ -79,7 +71,7 @@ def _row(width: int, batch: int, steps: int, size: int, extractor: str) -> dict:
     dev = jax.devices()[0]
     return {"width": width, "batch": batch, "size": size, "extractor": extractor, "params": n_params,
             "compile_s": compile_s, "median_s": med, "min_s": mn, "images_per_s": batch / med,
-            "images_per_s_best": batch / mn, "peak_mb": _peak_mb(), "device": str(dev.device_kind),
+            "images_per_s_best": batch / mn, "peak_mb": peak_mb(), "device": str(dev.device_kind),
             "platform": dev.platform}
 
 

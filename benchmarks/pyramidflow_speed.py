@@ -31,55 +31,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 
+from memory import hwm_mb, peak_mb, reset_peak_rss, rss_mb  # noqa: E402  (benchmarks/ is on sys.path)
+
 ANCHORS = {"train_plain_s": 2.81, "train_rev_s": 4.21, "infer_img_s": 3.2, "rss_plain_mb": 2003, "rss_rev_mb": 921}
-
-
-def _peak_mb() -> float:
-    """Peak memory of the process so far: device peak on GPU, peak RSS on CPU."""
-    import jax
-    dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        stats = dev.memory_stats() or {}
-        return stats.get("peak_bytes_in_use", 0) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak_rss() -> bool:
-    """Give memory freed by the compiler back to the OS (glibc ``malloc_trim``) and
-    reset the kernel's peak-RSS mark (``VmHWM``) to the current RSS (Linux
-    ``clear_refs`` 5), so that the steps' peak can be told from the compiler's."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _hwm_mb() -> float:
-    return _status_mb("VmHWM")
-
-
-def _rss_mb() -> float:
-    return _status_mb("VmRSS")
 
 
 def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_impl: str = "im2col",
@@ -118,9 +76,9 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_im
     step_peak = compile_peak = rss_before = float("nan")
     for i in range(steps + 1):                     # the first call warms caches
         if i == 1 and jax.devices()[0].platform == "cpu":
-            compile_peak = _peak_mb()          # before the reset: compiler and first call
-            if _reset_peak_rss():
-                step_peak, rss_before = 0.0, _rss_mb()
+            compile_peak = peak_mb()          # before the reset: compiler and first call
+            if reset_peak_rss():
+                step_peak, rss_before = 0.0, rss_mb()
         t0 = time.perf_counter()
         out = compiled(*args(state))
         jax.block_until_ready(out)
@@ -129,12 +87,12 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_im
             state = out[0]
     times = times[1:]
     if step_peak == 0.0:
-        step_peak = _hwm_mb()
+        step_peak = hwm_mb()
     elif jax.devices()[0].platform != "cpu":
-        step_peak = _peak_mb()
+        step_peak = peak_mb()
     med, mn = float(np.median(times)), float(np.min(times))
     return {"kind": kind, "depth": depth, "reversible": reversible, "batch": batch, "compile_s": compile_s,
-            "median_s": med, "min_s": mn, "images_per_s": batch / med, "peak_mb": max(_peak_mb(), compile_peak) if step_peak == step_peak else _peak_mb(),
+            "median_s": med, "min_s": mn, "images_per_s": batch / med, "peak_mb": max(peak_mb(), compile_peak) if step_peak == step_peak else peak_mb(),
             "step_peak_mb": step_peak, "rss_before_steps_mb": rss_before,
             "conv_impl": conv_impl, "polyphase": polyphase,
             "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform}
