@@ -72,6 +72,10 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_im
     t0 = time.perf_counter()
     compiled = fn.lower(*args(state)).compile()
     compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+    if " while(" in compiled.as_text():      # XLA's cost analysis counts a loop body once: no estimate
+        cost = {}
     times = []
     step_peak = compile_peak = rss_before = float("nan")
     for i in range(steps + 1):                     # the first call warms caches
@@ -95,7 +99,37 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_im
             "median_s": med, "min_s": mn, "images_per_s": batch / med, "peak_mb": max(peak_mb(), compile_peak) if step_peak == step_peak else peak_mb(),
             "step_peak_mb": step_peak, "rss_before_steps_mb": rss_before,
             "conv_impl": conv_impl, "polyphase": polyphase,
+            "gflop": float(cost.get("flops", float("nan"))) / 1e9,
+            "gbytes": float(cost.get("bytes accessed", float("nan"))) / 1e9,
             "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform}
+
+
+def _rates(reps: int = 7) -> dict:
+    """The machine's rates for the roofline columns: the dominant op of the model
+    (a direct 7x7 32->32 conv on ``[4,256,256,32]``, XLA's own forward) in GFLOP/s, and
+    memory bandwidth (read + write of an elementwise pass over 64 MiB) in GB/s."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    x = jnp.ones((4, 256, 256, 32), jnp.float32)
+    w = jnp.full((7, 7, 32, 32), 0.01, jnp.float32)
+    conv = jax.jit(lambda a, b: lax.conv_general_dilated(a, b, (1, 1), "SAME",
+                                                         dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    bump = jax.jit(lambda a: a * 1.5 + 1.0)
+
+    def best(f, *a):           # the fastest of several runs: what the machine can do
+        jax.block_until_ready(f(*a))
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*a))
+            ts.append(time.perf_counter() - t0)
+        return float(np.min(ts))
+
+    flops = 2 * x.size * 49 * 32
+    return {"conv_gflop_s": flops / best(conv, x, w) / 1e9, "mem_gb_s": 2 * x.nbytes / best(bump, x) / 1e9}
 
 
 def main() -> None:
@@ -110,6 +144,9 @@ def main() -> None:
     p.add_argument("--json", default="", help="also write the rows to this file")
     p.add_argument("--_row", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a._row == "rates":
+        print(json.dumps(_rates()))
+        return
     if a._row:
         kind, depth, rev = a._row.split(":")
         print(json.dumps(_row(kind, int(depth), rev == "1", a.steps, a.size, a.conv_impl, not a.no_polyphase)))
@@ -125,10 +162,20 @@ def main() -> None:
           f"{os.cpu_count()} CPUs; python {platform.python_version()}")
     print(f"# conv_impl={a.conv_impl} up_polyphase={not a.no_polyphase}; load average {os.getloadavg()}")
     print(f"# official anchors (2 CPU threads, D=4): {ANCHORS}")
-    print(f"{'kind':6} {'D':>2} {'rev':>3} {'batch':>5} {'compile s':>9} {'median s':>9} {'min s':>7} "
-          f"{'img/s':>7} {'peak MB':>8} {'step MB':>8}  device")
     rows = []
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, __file__, "--_row=rates"], capture_output=True, text=True, env=env)
+    rates = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
+    if rates:
+        print(f"# machine rates: direct 7x7 conv {rates['conv_gflop_s']:.0f} GFLOP/s, "
+              f"memory {rates['mem_gb_s']:.1f} GB/s (read+write)")
+    else:
+        print(f"# machine rates: probe FAILED: {out.stderr[-300:]}")
+    print("# roofline: 'GFLOP' and 'GB' are XLA's cost analysis of the compiled step (not given where the "
+          "step has loops: scanned reversible chain); 'floor s' = max(GFLOP / conv rate, GB / memory rate), "
+          "the time this op graph needs at those rates with no caching")
+    print(f"{'kind':6} {'D':>2} {'rev':>3} {'batch':>5} {'compile s':>9} {'median s':>9} {'min s':>7} "
+          f"{'img/s':>7} {'peak MB':>8} {'step MB':>8} {'GFLOP':>7} {'GB':>6} {'floor s':>7}  device")
     for kind, d, rev in jobs:
         out = subprocess.run([sys.executable, __file__, f"--_row={kind}:{d}:{rev}", f"--steps={a.steps}",
                               f"--size={a.size}", f"--conv-impl={a.conv_impl}"] + (["--no-polyphase"] if a.no_polyphase else []), capture_output=True, text=True, env=env)
@@ -136,9 +183,12 @@ def main() -> None:
             print(f"{kind:6} {d:>2} {rev:>3} FAILED: {out.stderr[-500:]}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
+        r["floor_s"] = (max(r["gflop"] / rates["conv_gflop_s"], r["gbytes"] / rates["mem_gb_s"])
+                        if rates else float("nan"))     # NaN (printed 'nan') where there is no estimate
         rows.append(r)
         print(f"{kind:6} {d:>2} {'on' if rev else 'off':>3} {r['batch']:>5} {r['compile_s']:>9.2f} "
-              f"{r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['images_per_s']:>7.2f} {r['peak_mb']:>8.0f} {r['step_peak_mb']:>8.0f}  "
+              f"{r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['images_per_s']:>7.2f} {r['peak_mb']:>8.0f} "
+              f"{r['step_peak_mb']:>8.0f} {r['gflop']:>7.1f} {r['gbytes']:>6.2f} {r['floor_s']:>7.3f}  "
               f"{r['device']}", flush=True)
     for r in rows:
         if r["depth"] == 4 and r["kind"] == "train":
@@ -147,7 +197,11 @@ def main() -> None:
                   f"{ref / r['median_s']:.2f}x the official {ref} s")
         if r["depth"] == 4 and r["kind"] == "infer":
             print(f"summary: inference D=4: {r['images_per_s']:.2f} img/s, "
-                  f"{r['images_per_s'] / ANCHORS['infer_img_s']:.2f}x the official {ANCHORS['infer_img_s']} img/s")
+                  f"{r['images_per_s'] / ANCHORS['infer_img_s']:.2f}x the official {ANCHORS['infer_img_s']} img/s; "
+                  f"roofline bound {r['batch'] / r['floor_s']:.2f} img/s")
+        if r["depth"] == 4 and r["kind"] == "train" and r["floor_s"] == r["floor_s"]:
+            print(f"summary: train D=4 rev={'on' if r['reversible'] else 'off'}: roofline floor "
+                  f"{r['floor_s']:.3f} s ({r['gflop']:.0f} GFLOP, {r['gbytes']:.1f} GB moved)")
     for key, what in (("peak_mb", "whole process, compiler included"), ("step_peak_mb", "during the steps")):
         revs = {r["depth"]: r[key] for r in rows if r["kind"] == "train" and r["reversible"]}
         if 2 in revs and 8 in revs:

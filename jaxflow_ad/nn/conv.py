@@ -155,7 +155,12 @@ def conv2d_fft(x: jax.Array, w: jax.Array, padding="SAME", tiles: tuple[int, int
     ``S = T - k + 1``; on each tile the circular correlation
     ``irfft2(rfft2(tile) * conj(rfft2(w_padded)))`` equals the linear one on its
     first ``S x S`` outputs, which are kept and laid back side by side. The
-    channel mixing is one complex matrix product per frequency. Same function as
+    channel mixing is one matrix product per frequency, in real arithmetic:
+    ``[Re X, Im X] @ [[Re W, Im W], [-Im W, Re W]]`` as a batched matmul with the
+    frequency as the leading batch axis (XLA:CPU runs a complex ``dot`` through a
+    slower generic path; the real form cut value+gradients of a
+    ``[2,256,256,32]`` 7x7 conv from 0.172 to 0.150 s, the D=4 training step
+    from 2.29 to 2.21 s). Same function as
     ``lax.conv`` up to float rounding (~2e-6 relative); a pure function,
     differentiable by autodiff (the transposes of FFTs are FFTs).
     """
@@ -176,9 +181,13 @@ def conv2d_fft(x: jax.Array, w: jax.Array, padding="SAME", tiles: tuple[int, int
     r, nf = b * nh * nw, th * (tw // 2 + 1)
     t = t.transpose(0, 1, 3, 5, 2, 4).reshape(r * ci, th, tw)
     xf = jnp.fft.rfft2(t).reshape(r, ci, nf)
+    xf = jnp.concatenate([xf.real, xf.imag], axis=1).transpose(2, 0, 1)          # [F, R, 2I] real
     wk = jnp.pad(w.transpose(2, 3, 0, 1), ((0, 0), (0, 0), (0, th - kh), (0, tw - kw))).reshape(ci * co, th, tw)
-    wf = jnp.conj(jnp.fft.rfft2(wk)).reshape(ci, co, nf)
-    yf = jnp.einsum("rif,iof->rof", xf, wf).reshape(r * co, th, tw // 2 + 1)
+    wf = jnp.conj(jnp.fft.rfft2(wk)).reshape(ci, co, nf).transpose(2, 0, 1)       # [F, I, O] complex
+    wb = jnp.concatenate([jnp.concatenate([wf.real, wf.imag], axis=2),
+                          jnp.concatenate([-wf.imag, wf.real], axis=2)], axis=1)   # [F, 2I, 2O] real
+    yf = lax.dot_general(xf, wb, (((2,), (1,)), ((0,), (0,))), precision=lax.Precision.HIGHEST)
+    yf = lax.complex(yf[..., :co], yf[..., co:]).transpose(1, 2, 0).reshape(r * co, th, tw // 2 + 1)
     y = jnp.fft.irfft2(yf, s=(th, tw))[:, :sh, :sw].reshape(b, nh, nw, co, sh, sw)
     y = y.transpose(0, 1, 4, 2, 5, 3).reshape(b, nh * sh, nw * sw, co)
     return y[:, :ho, :wo].astype(x.dtype)
