@@ -19,11 +19,12 @@ compiler's freed memory is returned to the OS (``malloc_trim``) and the
 kernel's peak mark is reset (``/proc/self/clear_refs``). The model is
 initialised by one jitted call.
 
-Measured 2026-11-22, 2-core AMD EPYC (AVX2) VM, idle, conv_impl=fft:
-D=2/4/8 train plain 1.12/2.17/4.36 s (step peak 834/1164/1818 MB),
-reversible 1.41/2.74/5.41 s (688/735/827 MB; whole process 1049/1161/1352 MB),
-inference 5.27/2.81/1.47 img/s. Before (conv_impl=im2col, unrolled
-reversible chain): D=4 train 3.56 s, reversible 3.95 s, inference 2.82 img/s.
+Measured 2026-11-22, 2-core AMD EPYC (AVX2) VM, idle, conv_impl=fft, medians:
+D=2/4/8 train plain 1.14/2.29/4.31 s (step peak 860/1245/2008 MB),
+reversible 1.42/2.82/5.33 s (695/754/852 MB), inference 5.02/2.76/1.45 img/s.
+The official code on the same machine in the same minutes
+(pyramidflow_official_torch.py): plain 1.24/2.25/4.48 s, memory-saving
+2.09/3.98/7.99 s (1210/1302/1454 MB), inference 3.95/2.26/1.22 img/s.
 """
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ import time
 
 from memory import hwm_mb, peak_mb, reset_peak_rss, rss_mb  # noqa: E402  (benchmarks/ is on sys.path)
 
-ANCHORS = {"train_plain_s": 2.81, "train_rev_s": 4.21, "infer_img_s": 3.2, "rss_plain_mb": 2003, "rss_rev_mb": 921}
+# shared/notes/pyramidflow.md, D=4, (min, median) seconds per train step / inference batch of 4, peak RSS MB.
+ANCHORS = {("train", False): (2.81, 2.98), ("train", True): (4.21, 4.31), ("infer", False): (1.25, 1.33)}
+ANCHOR_RSS = {False: 2003, True: 921}
 
 
 def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_impl: str = "im2col",
@@ -142,6 +145,9 @@ def main() -> None:
     p.add_argument("--conv-impl", default="fft", help="model.conv_impl: xla | im2col | fft")
     p.add_argument("--no-polyphase", action="store_true", help="model.up_polyphase=False")
     p.add_argument("--json", default="", help="also write the rows to this file")
+    p.add_argument("--official-json", default="",
+                   help="rows of benchmarks/pyramidflow_official_torch.py --json, timed on this machine: "
+                        "the summaries then also compare with them")
     p.add_argument("--_row", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a._row == "rates":
@@ -161,7 +167,8 @@ def main() -> None:
     print(f"# machine: {platform.node()} {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; python {platform.python_version()}")
     print(f"# conv_impl={a.conv_impl} up_polyphase={not a.no_polyphase}; load average {os.getloadavg()}")
-    print(f"# official anchors (2 CPU threads, D=4): {ANCHORS}")
+    print("# official anchors (another VM, 2 threads, D=4), (min, median) s: "
+          + ", ".join(f"{k}{' rev' if r else ''} {v}" for (k, r), v in ANCHORS.items()))
     rows = []
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, __file__, "--_row=rates"], capture_output=True, text=True, env=env)
@@ -172,10 +179,11 @@ def main() -> None:
     else:
         print(f"# machine rates: probe FAILED: {out.stderr[-300:]}")
     print("# roofline: 'GFLOP' and 'GB' are XLA's cost analysis of the compiled step (not given where the "
-          "step has loops: scanned reversible chain); 'floor s' = max(GFLOP / conv rate, GB / memory rate), "
-          "the time this op graph needs at those rates with no caching")
+          "step has loops: scanned reversible chain); 'roof s' = max(GFLOP / conv rate, GB / memory rate), "
+          "an estimate of the time this op graph needs at those rates (XLA counts every operand as read from "
+          "memory: over-counts what stays in cache)")
     print(f"{'kind':6} {'D':>2} {'rev':>3} {'batch':>5} {'compile s':>9} {'median s':>9} {'min s':>7} "
-          f"{'img/s':>7} {'peak MB':>8} {'step MB':>8} {'GFLOP':>7} {'GB':>6} {'floor s':>7}  device")
+          f"{'img/s':>7} {'peak MB':>8} {'step MB':>8} {'GFLOP':>7} {'GB':>6} {'roof s':>7}  device")
     for kind, d, rev in jobs:
         out = subprocess.run([sys.executable, __file__, f"--_row={kind}:{d}:{rev}", f"--steps={a.steps}",
                               f"--size={a.size}", f"--conv-impl={a.conv_impl}"] + (["--no-polyphase"] if a.no_polyphase else []), capture_output=True, text=True, env=env)
@@ -183,30 +191,35 @@ def main() -> None:
             print(f"{kind:6} {d:>2} {rev:>3} FAILED: {out.stderr[-500:]}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        r["floor_s"] = (max(r["gflop"] / rates["conv_gflop_s"], r["gbytes"] / rates["mem_gb_s"])
+        r["roof_s"] = (max(r["gflop"] / rates["conv_gflop_s"], r["gbytes"] / rates["mem_gb_s"])
                         if rates else float("nan"))     # NaN (printed 'nan') where there is no estimate
         rows.append(r)
         print(f"{kind:6} {d:>2} {'on' if rev else 'off':>3} {r['batch']:>5} {r['compile_s']:>9.2f} "
               f"{r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['images_per_s']:>7.2f} {r['peak_mb']:>8.0f} "
-              f"{r['step_peak_mb']:>8.0f} {r['gflop']:>7.1f} {r['gbytes']:>6.2f} {r['floor_s']:>7.3f}  "
+              f"{r['step_peak_mb']:>8.0f} {r['gflop']:>7.1f} {r['gbytes']:>6.2f} {r['roof_s']:>7.3f}  "
               f"{r['device']}", flush=True)
+    official = {}
+    if a.official_json:
+        with open(a.official_json) as f:
+            official = {(o["kind"], o["depth"], o["savemem"]): o for o in json.load(f)}
     for r in rows:
-        if r["depth"] == 4 and r["kind"] == "train":
-            ref = ANCHORS["train_rev_s" if r["reversible"] else "train_plain_s"]
-            print(f"summary: train D=4 rev={'on' if r['reversible'] else 'off'}: {r['median_s']:.3f} s/step, "
-                  f"{ref / r['median_s']:.2f}x the official {ref} s")
-        if r["depth"] == 4 and r["kind"] == "infer":
-            print(f"summary: inference D=4: {r['images_per_s']:.2f} img/s, "
-                  f"{r['images_per_s'] / ANCHORS['infer_img_s']:.2f}x the official {ANCHORS['infer_img_s']} img/s; "
-                  f"roofline bound {r['batch'] / r['floor_s']:.2f} img/s")
-        if r["depth"] == 4 and r["kind"] == "train" and r["floor_s"] == r["floor_s"]:
-            print(f"summary: train D=4 rev={'on' if r['reversible'] else 'off'}: roofline floor "
-                  f"{r['floor_s']:.3f} s ({r['gflop']:.0f} GFLOP, {r['gbytes']:.1f} GB moved)")
+        what = f"{r['kind']} D={r['depth']}" + (f" rev={'on' if r['reversible'] else 'off'}" if r["kind"] == "train" else "")
+        line = f"summary: {what}: median {r['median_s']:.3f} s (min {r['min_s']:.3f})"
+        anchor = ANCHORS.get((r["kind"], r["reversible"])) if r["depth"] == 4 else None
+        if anchor:
+            line += (f"; official anchor median {anchor[1]} s (min {anchor[0]}): "
+                     f"{anchor[1] / r['median_s']:.2f}x (min {anchor[0] / r['min_s']:.2f}x)")
+        o = official.get((r["kind"], r["depth"], r["reversible"]))
+        if o:
+            line += f"; official on this machine median {o['median_s']:.3f} s: {o['median_s'] / r['median_s']:.2f}x"
+        if r["roof_s"] == r["roof_s"]:
+            line += f"; roofline {r['roof_s']:.3f} s ({r['gflop']:.0f} GFLOP, {r['gbytes']:.1f} GB)"
+        print(line)
     for key, what in (("peak_mb", "whole process, compiler included"), ("step_peak_mb", "during the steps")):
         revs = {r["depth"]: r[key] for r in rows if r["kind"] == "train" and r["reversible"]}
         if 2 in revs and 8 in revs:
             print(f"summary: reversible peak memory ({what}) D=8 / D=2 = {revs[8] / revs[2]:.2f} "
-                  f"({revs[2]:.0f} -> {revs[8]:.0f} MB); official at D=4: {ANCHORS['rss_rev_mb']} MB")
+                  f"({revs[2]:.0f} -> {revs[8]:.0f} MB); official anchor at D=4: {ANCHOR_RSS[True]} MB")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)

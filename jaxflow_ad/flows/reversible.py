@@ -15,9 +15,9 @@ backward. Given the chain's ``period`` (PyramidFlow: the blocks of one stack),
 forward and backward are ``lax.scan``s over the repetitions, so that neither
 XLA's schedule nor the compiled program grows with depth: measured temporary
 buffer of the D=2 -> D=8 PyramidFlow training step 235 -> 260 MB (unrolled,
-with XLA free to reorder: 380 -> 1000 MB). Running statistics (volume norm) are written by the forward pass
-only, once per step; the backward pass re-runs layers with every collection
-immutable.
+with XLA free to reorder: 380 -> 1000 MB). Running statistics (volume norm)
+are written by the forward pass only, once per step; the backward pass re-runs
+layers with every collection immutable.
 """
 from __future__ import annotations
 
@@ -83,8 +83,15 @@ def _stack(trees):
     return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
 
 
-def _unstack(tree, n):
-    return [jax.tree_util.tree_map(lambda a: a[i], tree) for i in range(n)]
+def _by_position(trees: Sequence, period: int) -> list:
+    """Per-layer trees of a chain that repeats ``period`` layers -> ``period`` trees,
+    the one at position ``j`` stacking layers ``j, j + period, ...`` (scan ``xs``)."""
+    return [_stack(trees[j::period]) for j in range(period)]
+
+
+def _from_positions(stacked: Sequence, n: int, period: int) -> list:
+    """Inverse of :func:`_by_position`: back to ``n`` per-layer trees in chain order."""
+    return [jax.tree_util.tree_map(lambda a, i=i: a[i // period], stacked[i % period]) for i in range(n)]
 
 
 def _reversible_chain(layers: Sequence[nn.Module], train: bool, update_stats: bool, period: int | None):
@@ -111,16 +118,14 @@ def _reversible_chain(layers: Sequence[nn.Module], train: bool, update_stats: bo
             return y, ld, [{k: c for k, c in v.items() if k != "params"} for v in new_vars]
         # One scan step per repetition: the compiled program, and the memory the
         # compiler keeps, do not grow with depth either.
-        reps = n // period
-        xs = [{"params": _stack(params[j::period]), **_stack(rest[j::period])} for j in range(period)]
+        xs = [{"params": p, **r} for p, r in zip(_by_position(params, period), _by_position(rest, period))]
 
         def body(x, xs_rep):
             y, ld, new_vars = _plain_chain(layers[:period], xs_rep, x, train, update_stats)
             return y, (ld, [{k: c for k, c in v.items() if k != "params"} for v in new_vars])
 
         y, (lds, new_stacked) = jax.lax.scan(body, x, xs)
-        per_pos = [_unstack(r, reps) for r in new_stacked]
-        return y, jnp.sum(lds, axis=0), [per_pos[i % period][i // period] for i in range(n)]
+        return y, jnp.sum(lds, axis=0), _from_positions(new_stacked, n, period)
 
     @jax.custom_vjp
     def chain(params, rest, x):
@@ -137,8 +142,7 @@ def _reversible_chain(layers: Sequence[nn.Module], train: bool, update_stats: bo
         return g_params, g_y
 
     def bwd_scanned(params, rest, y, g_y, g_ld):
-        reps = n // period
-        xs = [(_stack(params[j::period]), _stack(rest[j::period])) for j in range(period)]
+        xs = list(zip(_by_position(params, period), _by_position(rest, period)))
 
         def body(carry, xs_rep):
             y, g_y = carry
@@ -149,8 +153,7 @@ def _reversible_chain(layers: Sequence[nn.Module], train: bool, update_stats: bo
             return (y, g_y), g_p
 
         (_, g_y), g_stacked = jax.lax.scan(body, (y, g_y), xs, reverse=True)
-        per_pos = [_unstack(g, reps) for g in g_stacked]
-        return [per_pos[i % period][i // period] for i in range(n)], g_y
+        return _from_positions(g_stacked, n, period), g_y
 
     def bwd(res, cts):
         params, rest, y = res
