@@ -95,7 +95,8 @@ def main() -> None:
     print(f"{'c':>4} {'params M':>8} {'batch':>5} {'compile s':>9} {'median s':>9} {'min s':>7} "
           f"{'img/s':>8} {'best':>8} {'peak MB':>8}  device")
     rows = []
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(d for d in (root, os.environ.get("PYTHONPATH")) if d))
     for width in [int(v) for v in a.widths.split(",")]:
         out = subprocess.run([sys.executable, __file__, f"--_row={width}", f"--batch={a.batch}",
                               f"--steps={a.steps}", f"--size={a.size}", f"--extractor={a.extractor}"],

@@ -55,16 +55,18 @@ def _import_official(path: str):
     return model, util
 
 
-def _row(official: str, kind: str, depth: int, savemem: bool, steps: int, size: int, threads: int) -> dict:
+def _row(official: str, kind: str, depth: int, savemem: bool, steps: int, size: int, threads: int,
+         device: str = "cpu") -> dict:
     import torch
     torch.set_num_threads(threads)
+    dev = torch.device(device)
     model, util = _import_official(official)
     torch.manual_seed(0)
     np.random.seed(0)
-    flow = model.PyramidFlow(0, 16, 4, depth, 7, (0, 1), savemem)
+    flow = model.PyramidFlow(0, 16, 4, depth, 7, (0, 1), savemem).to(dev)
     batch = 2 if kind == "train" else 4
     x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-    images = torch.from_numpy((x - IMAGENET_MEAN) / IMAGENET_STD)
+    images = torch.from_numpy((x - IMAGENET_MEAN) / IMAGENET_STD).to(dev)
     if kind == "train":
         flow.train()
         opt = torch.optim.Adam(flow.parameters(), lr=2e-4, eps=1e-4, weight_decay=1e-5, betas=(0.5, 0.9))
@@ -83,7 +85,7 @@ def _row(official: str, kind: str, depth: int, savemem: bool, steps: int, size: 
             return float(loss)
     else:
         flow.eval()
-        template = [torch.zeros(1, 16, size // 2**i, size // 2**i) for i in range(4)]
+        template = [torch.zeros(1, 16, size // 2**i, size // 2**i, device=dev) for i in range(4)]
 
         def step():
             with torch.no_grad():
@@ -93,17 +95,21 @@ def _row(official: str, kind: str, depth: int, savemem: bool, steps: int, size: 
     times = []
     step_peak = float("nan")
     for i in range(steps + 1):           # the first call warms up
-        if i == 1 and reset_peak_rss():
+        if i == 1 and dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        elif i == 1 and reset_peak_rss():
             step_peak = 0.0
         t0 = time.perf_counter()
-        step()
+        step()                           # float(loss) waits for the device
         times.append(time.perf_counter() - t0)
+    if dev.type == "cuda":
+        step_peak = torch.cuda.max_memory_allocated() / 2**20
     times = times[1:]
     med = float(np.median(times))
     return {"kind": kind, "depth": depth, "savemem": savemem, "batch": batch, "median_s": med,
             "min_s": float(np.min(times)), "images_per_s": batch / med,
-            "step_peak_mb": hwm_mb() if step_peak == 0.0 else float("nan"), "threads": threads,
-            "torch": torch.__version__}
+            "step_peak_mb": hwm_mb() if step_peak == 0.0 else step_peak, "threads": threads,
+            "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__}
 
 
 def main() -> None:
@@ -113,22 +119,24 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (peak memory: RSS or CUDA peak)")
     p.add_argument("--json", default="")
     p.add_argument("--_row", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a._row:
         kind, depth, mem = a._row.split(":")
-        print(json.dumps(_row(a.official_dir, kind, int(depth), mem == "1", a.steps, a.size, a.threads)))
+        print(json.dumps(_row(a.official_dir, kind, int(depth), mem == "1", a.steps, a.size, a.threads, a.device)))
         return
     _import_official(a.official_dir)      # fail early, with the fix, on a bad checkout
-    print(f"# official PyramidFlow (torch), {a.threads} threads; load average {os.getloadavg()}")
+    print(f"# official PyramidFlow (torch), device {a.device}, {a.threads} threads; load average {os.getloadavg()}")
     print(f"{'kind':6} {'D':>2} {'savemem':>7} {'batch':>5} {'median s':>9} {'min s':>7} {'img/s':>7} {'step MB':>8}")
     rows = []
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     for d in [int(v) for v in a.depths.split(",")]:
         for kind, mem in (("train", 0), ("train", 1), ("infer", 0)):
             out = subprocess.run([sys.executable, __file__, f"--_row={kind}:{d}:{mem}", f"--steps={a.steps}",
-                                  f"--size={a.size}", f"--threads={a.threads}", f"--official-dir={a.official_dir}"],
+                                  f"--size={a.size}", f"--threads={a.threads}", f"--official-dir={a.official_dir}",
+                                  f"--device={a.device}"],
                                  capture_output=True, text=True, env=env)
             if out.returncode:
                 print(f"{kind:6} {d:>2} {mem:>7} FAILED: {out.stderr[-500:]}")

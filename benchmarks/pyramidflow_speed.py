@@ -43,7 +43,7 @@ ANCHORS = {("train", False): (2.81, 2.98), ("train", True): (4.21, 4.31), ("infe
 ANCHOR_RSS = {False: 2003, True: 921}
 
 
-def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_impl: str = "im2col",
+def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_impl: str = "auto",
          polyphase: bool = True) -> dict:
     import jax
     import jax.numpy as jnp
@@ -51,6 +51,7 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_im
 
     from configs import pyramidflow as pf_config
     from jaxflow_ad.models.pyramidflow import PyramidFlow, denormalize, normalize  # noqa: F401
+    from jaxflow_ad.nn.conv import resolve_impl
 
     cfg = pf_config.get_config()
     cfg.model.update(channels=16, levels=4, stacks=depth, ksize=7, volume_norm="CVN", reversible=reversible,
@@ -77,8 +78,12 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_im
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-    if " while(" in compiled.as_text():      # XLA's cost analysis counts a loop body once: no estimate
-        cost = {}
+    if " while(" in compiled.as_text() or jax.devices()[0].platform != "cpu":
+        cost = {}    # loops: XLA counts a body once; GPU: library convs (cuDNN) are not counted
+    mem = compiled.memory_analysis()
+    xla_mb = (float("nan") if mem is None else
+              (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+               + mem.temp_size_in_bytes) / 2**20)
     times = []
     step_peak = compile_peak = rss_before = float("nan")
     for i in range(steps + 1):                     # the first call warms caches
@@ -101,7 +106,8 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_im
     return {"kind": kind, "depth": depth, "reversible": reversible, "batch": batch, "compile_s": compile_s,
             "median_s": med, "min_s": mn, "images_per_s": batch / med, "peak_mb": max(peak_mb(), compile_peak) if step_peak == step_peak else peak_mb(),
             "step_peak_mb": step_peak, "rss_before_steps_mb": rss_before,
-            "conv_impl": conv_impl, "polyphase": polyphase,
+            "conv_impl": resolve_impl(conv_impl), "polyphase": polyphase,
+            "xla_mb": xla_mb,
             "gflop": float(cost.get("flops", float("nan"))) / 1e9,
             "gbytes": float(cost.get("bytes accessed", float("nan"))) / 1e9,
             "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform}
@@ -142,7 +148,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--no-rev", action="store_true", help="skip the reversible rows")
     p.add_argument("--no-infer", action="store_true")
-    p.add_argument("--conv-impl", default="fft", help="model.conv_impl: xla | im2col | fft")
+    p.add_argument("--conv-impl", default="auto",
+                   help="model.conv_impl: auto (fft on CPU, xla on GPU) | xla | im2col | fft")
     p.add_argument("--no-polyphase", action="store_true", help="model.up_polyphase=False")
     p.add_argument("--json", default="", help="also write the rows to this file")
     p.add_argument("--official-json", default="",
@@ -170,7 +177,8 @@ def main() -> None:
     print("# official anchors (another VM, 2 threads, D=4), (min, median) s: "
           + ", ".join(f"{k}{' rev' if r else ''} {v}" for (k, r), v in ANCHORS.items()))
     rows = []
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(d for d in (root, os.environ.get("PYTHONPATH")) if d))
     out = subprocess.run([sys.executable, __file__, "--_row=rates"], capture_output=True, text=True, env=env)
     rates = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
     if rates:
@@ -183,7 +191,7 @@ def main() -> None:
           "an estimate of the time this op graph needs at those rates (XLA counts every operand as read from "
           "memory: over-counts what stays in cache)")
     print(f"{'kind':6} {'D':>2} {'rev':>3} {'batch':>5} {'compile s':>9} {'median s':>9} {'min s':>7} "
-          f"{'img/s':>7} {'peak MB':>8} {'step MB':>8} {'GFLOP':>7} {'GB':>6} {'roof s':>7}  device")
+          f"{'img/s':>7} {'peak MB':>8} {'step MB':>8} {'GFLOP':>7} {'GB':>6} {'roof s':>7} {'XLA MB':>7}  device")
     for kind, d, rev in jobs:
         out = subprocess.run([sys.executable, __file__, f"--_row={kind}:{d}:{rev}", f"--steps={a.steps}",
                               f"--size={a.size}", f"--conv-impl={a.conv_impl}"] + (["--no-polyphase"] if a.no_polyphase else []), capture_output=True, text=True, env=env)
@@ -196,7 +204,7 @@ def main() -> None:
         rows.append(r)
         print(f"{kind:6} {d:>2} {'on' if rev else 'off':>3} {r['batch']:>5} {r['compile_s']:>9.2f} "
               f"{r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['images_per_s']:>7.2f} {r['peak_mb']:>8.0f} "
-              f"{r['step_peak_mb']:>8.0f} {r['gflop']:>7.1f} {r['gbytes']:>6.2f} {r['roof_s']:>7.3f}  "
+              f"{r['step_peak_mb']:>8.0f} {r['gflop']:>7.1f} {r['gbytes']:>6.2f} {r['roof_s']:>7.3f} {r['xla_mb']:>7.0f}  "
               f"{r['device']}", flush=True)
     official = {}
     if a.official_json:
@@ -205,7 +213,7 @@ def main() -> None:
     for r in rows:
         what = f"{r['kind']} D={r['depth']}" + (f" rev={'on' if r['reversible'] else 'off'}" if r["kind"] == "train" else "")
         line = f"summary: {what}: median {r['median_s']:.3f} s (min {r['min_s']:.3f})"
-        anchor = ANCHORS.get((r["kind"], r["reversible"])) if r["depth"] == 4 else None
+        anchor = ANCHORS.get((r["kind"], r["reversible"])) if r["depth"] == 4 and r["platform"] == "cpu" else None
         if anchor:
             line += (f"; official anchor median {anchor[1]} s (min {anchor[0]}): "
                      f"{anchor[1] / r['median_s']:.2f}x (min {anchor[0] / r['min_s']:.2f}x)")
@@ -215,7 +223,8 @@ def main() -> None:
         if r["roof_s"] == r["roof_s"]:
             line += f"; roofline {r['roof_s']:.3f} s ({r['gflop']:.0f} GFLOP, {r['gbytes']:.1f} GB)"
         print(line)
-    for key, what in (("peak_mb", "whole process, compiler included"), ("step_peak_mb", "during the steps")):
+    for key, what in (("peak_mb", "whole process, compiler included"), ("step_peak_mb", "during the steps"),
+                      ("xla_mb", "XLA's buffers: arguments, outputs, temporaries")):
         revs = {r["depth"]: r[key] for r in rows if r["kind"] == "train" and r["reversible"]}
         if 2 in revs and 8 in revs:
             print(f"summary: reversible peak memory ({what}) D=8 / D=2 = {revs[8] / revs[2]:.2f} "

@@ -160,7 +160,7 @@ class PyramidFlowNet:
     fast_down: bool = True
     reversible: bool = False
     encoder: str = "none"
-    conv_impl: str = "fft"        # "xla" | "im2col" | "fft" (jaxflow_ad.nn.conv); same function
+    conv_impl: str = "auto"       # "auto" | "xla" | "im2col" | "fft" (jaxflow_ad.nn.conv); same function
     up_polyphase: bool = True     # 'up' blocks: first conv as 4 polyphase convs at half resolution
     # Pretrained-encoder variant: (flax module, tap name, mean, std) from jaxflow_ad.backbones.
     backbone: tuple | None = None
@@ -288,7 +288,7 @@ def net_from_config(m: ml_collections.ConfigDict, backbone=None, channels=None) 
     return PyramidFlowNet(channels=channels or m.channels, levels=m.levels, stacks=m.stacks, ksize=m.ksize,
                           volume_norm=m.volume_norm, pyramid_down=m.pyramid_down, pyramid_up=m.pyramid_up,
                           fast_down=m.fast_down, reversible=m.reversible, encoder=m.encoder, backbone=backbone,
-                          conv_impl=m.get("conv_impl", "fft"), up_polyphase=m.get("up_polyphase", True))
+                          conv_impl=m.get("conv_impl", "auto"), up_polyphase=m.get("up_polyphase", True))
 
 
 class PyramidFlow:

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-IMPLS = ("xla", "im2col", "fft")
+IMPLS = ("auto", "xla", "im2col", "fft")
 _DN = ("NHWC", "HWIO", "NHWC")
 # Rows of the im2col block (batch * rows * width) aimed for in the weight gradient.
 _BLOCK_PIXELS = 8192
@@ -223,6 +223,16 @@ def _norm_padding(padding, ksize):
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+    """``"auto"`` -> ``"fft"`` on CPU (XLA:CPU's own weight gradient is 6-10x slower
+    than its forward conv), ``"xla"`` elsewhere (cuDNN's gradients are fast: the
+    PyramidFlow D=4 step on an H100 takes 10 ms with ``xla``, 13 ms with ``fft``).
+    Other names pass through; the backend is the default one at trace time."""
+    if impl != "auto":
+        return impl
+    return "fft" if (backend or jax.default_backend()) == "cpu" else "xla"
+
+
 def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding="SAME", impl: str = "xla") -> jax.Array:
     """NHWC x HWIO convolution (cross-correlation, no bias), explicit padding.
 
@@ -231,9 +241,12 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding="SAME", impl: st
     :func:`weight_grad_im2col`.
     ``impl="fft"``: same forward; both gradients are the autodiff of
     :func:`conv2d_fft` (the backward pass of a strided conv is that of the
-    stride-1 conv with zero-filled output cotangents). ``padding="SAME"`` means ``k//2`` on each side.
+    stride-1 conv with zero-filled output cotangents).
+    ``impl="auto"``: :func:`resolve_impl`, the fastest measured on the backend.
+    ``padding="SAME"`` means ``k//2`` on each side.
     """
     pad = _norm_padding(padding, w.shape[:2])
+    impl = resolve_impl(impl)
     if impl == "xla":
         return _xla_conv(x, w, stride, pad)
     if impl == "im2col":

@@ -6,7 +6,7 @@ import pytest
 from jax import lax
 
 from jaxflow_ad.flows.pyramid import nearest_up2
-from jaxflow_ad.nn.conv import Conv2D, conv2d, conv2d_fft, conv2d_nearest_up2, weight_grad_im2col
+from jaxflow_ad.nn.conv import Conv2D, conv2d, conv2d_fft, conv2d_nearest_up2, resolve_impl, weight_grad_im2col
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -102,6 +102,18 @@ def test_conv2d_module_matches_flax_conv_params_and_values():
     vr, vo = ref.init(jax.random.PRNGKey(3), x), ours.init(jax.random.PRNGKey(3), x)
     np.testing.assert_array_equal(vr["params"]["kernel"], vo["params"]["kernel"])
     np.testing.assert_allclose(ref.apply(vr, x), ours.apply(vo, x), rtol=1e-6, atol=1e-6)
+
+
+def test_auto_impl_resolves_per_backend():
+    assert resolve_impl("auto", "cpu") == "fft"
+    assert resolve_impl("auto", "gpu") == resolve_impl("auto", "tpu") == "xla"
+    assert resolve_impl("im2col", "gpu") == "im2col"
+    # "auto" on this (CPU) run takes the fft gradient: exactly the values of impl="fft"
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((1, 12, 12, 3)), jnp.float32)
+    wt = jnp.asarray(rng.standard_normal((5, 5, 3, 4)), jnp.float32)
+    g = {i: jax.grad(lambda w: jnp.sum(conv2d(x, w, 1, "SAME", i) ** 2))(wt) for i in ("auto", "fft", "xla")}
+    np.testing.assert_array_equal(g["auto"], g["fft" if jax.default_backend() == "cpu" else "xla"])
 
 
 def test_unknown_impl_raises():
