@@ -106,7 +106,7 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_im
     return {"kind": kind, "depth": depth, "reversible": reversible, "batch": batch, "compile_s": compile_s,
             "median_s": med, "min_s": mn, "images_per_s": batch / med, "peak_mb": max(peak_mb(), compile_peak) if step_peak == step_peak else peak_mb(),
             "step_peak_mb": step_peak, "rss_before_steps_mb": rss_before,
-            "conv_impl": resolve_impl(conv_impl), "polyphase": polyphase,
+            "conv_impl": resolve_impl(conv_impl, reversible=reversible), "polyphase": polyphase,
             "xla_mb": xla_mb,
             "gflop": float(cost.get("flops", float("nan"))) / 1e9,
             "gbytes": float(cost.get("bytes accessed", float("nan"))) / 1e9,
@@ -149,7 +149,7 @@ def main() -> None:
     p.add_argument("--no-rev", action="store_true", help="skip the reversible rows")
     p.add_argument("--no-infer", action="store_true")
     p.add_argument("--conv-impl", default="auto",
-                   help="model.conv_impl: auto (fft on CPU, xla on GPU) | xla | im2col | fft")
+                   help="model.conv_impl: auto | xla | im2col | fft | fft_grad")
     p.add_argument("--no-polyphase", action="store_true", help="model.up_polyphase=False")
     p.add_argument("--json", default="", help="also write the rows to this file")
     p.add_argument("--official-json", default="",

@@ -58,6 +58,7 @@ from jaxflow_ad.flows import pyramid as pyr
 from jaxflow_ad.flows.pyramid_coupling import PyramidCoupling, pyramid_schedule
 from jaxflow_ad.flows.reversible import chain_forward, chain_inverse
 from jaxflow_ad.models.base import State, Stage
+from jaxflow_ad.nn.conv import resolve_impl
 from jaxflow_ad.spectral.fourier_loss import mean_abs_fft2
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -160,7 +161,7 @@ class PyramidFlowNet:
     fast_down: bool = True
     reversible: bool = False
     encoder: str = "none"
-    conv_impl: str = "auto"       # "auto" | "xla" | "im2col" | "fft" (jaxflow_ad.nn.conv); same function
+    conv_impl: str = "auto"       # "auto" | "xla" | "im2col" | "fft" | "fft_grad" (jaxflow_ad.nn.conv)
     up_polyphase: bool = True     # 'up' blocks: first conv as 4 polyphase convs at half resolution
     # Pretrained-encoder variant: (flax module, tap name, mean, std) from jaxflow_ad.backbones.
     backbone: tuple | None = None
@@ -168,7 +169,8 @@ class PyramidFlowNet:
     @functools.cached_property
     def layers(self) -> tuple[PyramidCoupling, ...]:
         return tuple(PyramidCoupling(kind, start, self.channels, self.ksize, self.volume_norm,
-                                     fast_down=self.fast_down, conv_impl=self.conv_impl,
+                                     fast_down=self.fast_down,
+                                     conv_impl=resolve_impl(self.conv_impl, reversible=self.reversible),
                                      up_polyphase=self.up_polyphase)
                      for kind, start in pyramid_schedule(self.levels, self.stacks))
 

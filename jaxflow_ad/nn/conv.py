@@ -17,14 +17,24 @@ weight gradient differs from XLA's by float rounding only (relative ~5e-6 at
 131k summands, measured against an exact-ish float64 reference it is as
 accurate). Measured on the shape above: 0.64 s vs 1.8-2.4 s.
 
-``impl="fft"`` (the default for PyramidFlow) keeps the direct forward (XLA:CPU
-runs it through YNNPACK near the machine's peak, ~176 GFLOP/s on 2 idle cores)
-and takes both gradients from the autodiff of :func:`conv2d_fft`, an
-overlap-save FFT convolution on 32x32 tiles whose work per output pixel is
-~10x smaller than the direct 7x7 one. Idle 2-core timings, value and both
-gradients of ``x [2,256,256,32]``, ``w [7,7,32,32]``: xla 0.49 s, im2col 0.37 s,
-fft 0.18 s; at 128x128: 0.095 / 0.121 / 0.040 s. Its forward alone (0.10 s) is
-slower than the direct one (0.073 s), which is why only the gradients use it.
+``impl="fft"`` and ``impl="fft_grad"`` evaluate the conv directly when it is
+not differentiated (XLA:CPU runs it through YNNPACK near the machine's peak,
+~170 GFLOP/s on 2 idle cores; inference) and take the gradients from the
+autodiff of :func:`conv2d_fft`, an overlap-save FFT convolution on 32x32 tiles
+whose work per output pixel is ~10x smaller than the direct 7x7 one. Idle
+2-core timings, value and both gradients of ``x [2,256,256,32]``,
+``w [7,7,32,32]``: xla 0.49 s, im2col 0.37 s, fft 0.15-0.18 s; at 128x128:
+0.095 / 0.121 / 0.040 s. They differ in the forward of a differentiated conv:
+
+* ``fft``: the FFT conv itself, keeping the input and kernel spectra for the
+  backward pass (its FFT forward, 0.09 s, is slower than the direct one,
+  0.073 s, but the backward pass no longer transforms the input). The D=4
+  PyramidFlow training step: 2.16 -> 1.95 s. Values differ from the direct
+  conv's by float rounding (~2e-6 relative).
+* ``fft_grad``: the direct forward, the spectra recomputed in the backward
+  pass. Best under reversible backprop, where each layer's forward is re-run
+  next to its inverse on the same inputs and XLA computes the two direct convs
+  once (D=4 reversible step 2.66 s; ``fft`` there: 3.06 s).
 
 :func:`conv2d_nearest_up2` computes ``conv2d(nearest_up2(x), w)`` (stride 1,
 'same' padding ``k//2``) without forming the upsampled input: each of the four
@@ -46,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-IMPLS = ("auto", "xla", "im2col", "fft")
+IMPLS = ("auto", "xla", "im2col", "fft", "fft_grad")
 _DN = ("NHWC", "HWIO", "NHWC")
 # Rows of the im2col block (batch * rows * width) aimed for in the weight gradient.
 _BLOCK_PIXELS = 8192
@@ -193,22 +203,42 @@ def conv2d_fft(x: jax.Array, w: jax.Array, padding="SAME", tiles: tuple[int, int
     return y[:, :ho, :wo].astype(x.dtype)
 
 
+def _conv_fft_strided(x, w, stride, padding):
+    """:func:`conv2d_fft` with a stride: the stride-1 result at every ``stride``-th pixel."""
+    y = conv2d_fft(x, w, padding)
+    return y[:, ::stride, ::stride] if stride != 1 else y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_fft(x, w, stride, padding):
+    return _xla_conv(x, w, stride, padding)   # not differentiated (inference): the direct conv
+
+
+def _conv_fft_fwd(x, w, stride, padding):
+    # Differentiated: the FFT conv, its linearisation (input and kernel spectra) kept as residuals.
+    y, vjp = jax.vjp(lambda a, b: _conv_fft_strided(a, b, stride, padding), x, w)
+    return y, vjp
+
+
+def _conv_fft_bwd(stride, padding, vjp, dy):
+    return vjp(dy)
+
+
+_conv_fft.defvjp(_conv_fft_fwd, _conv_fft_bwd)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_fft_grad(x, w, stride, padding):
     return _xla_conv(x, w, stride, padding)
 
 
 def _conv_fft_grad_fwd(x, w, stride, padding):
-    return _xla_conv(x, w, stride, padding), (x, w)
+    return _xla_conv(x, w, stride, padding), (x, w)   # direct forward; spectra rebuilt in the backward
 
 
 def _conv_fft_grad_bwd(stride, padding, res, dy):
     x, w = res
-    if stride != 1:   # stride-s output i is stride-1 output s*i: zero-fill the other positions
-        ho1 = x.shape[1] + sum(padding[0]) - w.shape[0] + 1
-        wo1 = x.shape[2] + sum(padding[1]) - w.shape[1] + 1
-        dy = jnp.zeros(dy.shape[:1] + (ho1, wo1) + dy.shape[3:], dy.dtype).at[:, ::stride, ::stride].set(dy)
-    _, vjp = jax.vjp(lambda a, b: conv2d_fft(a, b, padding), x, w)
+    _, vjp = jax.vjp(lambda a, b: _conv_fft_strided(a, b, stride, padding), x, w)
     return vjp(dy)
 
 
@@ -223,14 +253,17 @@ def _norm_padding(padding, ksize):
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def resolve_impl(impl: str, backend: str | None = None) -> str:
-    """``"auto"`` -> ``"fft"`` on CPU (XLA:CPU's own weight gradient is 6-10x slower
-    than its forward conv), ``"xla"`` elsewhere (cuDNN's gradients are fast: the
-    PyramidFlow D=4 step on an H100 takes 10 ms with ``xla``, 13 ms with ``fft``).
-    Other names pass through; the backend is the default one at trace time."""
+def resolve_impl(impl: str, backend: str | None = None, reversible: bool = False) -> str:
+    """``"auto"`` -> on CPU ``"fft"``, or ``"fft_grad"`` under reversible backprop
+    (XLA:CPU's own weight gradient is 6-10x slower than its forward conv);
+    ``"xla"`` elsewhere (cuDNN's gradients are fast: the PyramidFlow D=4 step on
+    an H100 takes 10 ms with ``xla``, 13 ms with FFT gradients). Other names
+    pass through; the backend is the default one at trace time."""
     if impl != "auto":
         return impl
-    return "fft" if (backend or jax.default_backend()) == "cpu" else "xla"
+    if (backend or jax.default_backend()) != "cpu":
+        return "xla"
+    return "fft_grad" if reversible else "fft"
 
 
 def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding="SAME", impl: str = "xla") -> jax.Array:
@@ -239,9 +272,11 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding="SAME", impl: st
     ``impl="xla"``: ``lax.conv_general_dilated`` and its autodiff.
     ``impl="im2col"``: same forward and input gradient; the weight gradient is
     :func:`weight_grad_im2col`.
-    ``impl="fft"``: same forward; both gradients are the autodiff of
-    :func:`conv2d_fft` (the backward pass of a strided conv is that of the
-    stride-1 conv with zero-filled output cotangents).
+    ``impl="fft"``: same value when not differentiated; differentiated, the
+    FFT conv :func:`conv2d_fft` and its autodiff (a strided conv is the
+    stride-1 one subsampled).
+    ``impl="fft_grad"``: same forward; both gradients are the autodiff of
+    :func:`conv2d_fft`.
     ``impl="auto"``: :func:`resolve_impl`, the fastest measured on the backend.
     ``padding="SAME"`` means ``k//2`` on each side.
     """
@@ -252,6 +287,8 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding="SAME", impl: st
     if impl == "im2col":
         return _conv_im2col(x, w, int(stride), pad)
     if impl == "fft":
+        return _conv_fft(x, w, int(stride), pad)
+    if impl == "fft_grad":
         return _conv_fft_grad(x, w, int(stride), pad)
     raise ValueError(f"unknown conv impl {impl!r}; use one of {IMPLS} (config key model.conv_impl)")
 

@@ -26,7 +26,7 @@ CASES = [  # (batch, h, w, in, out, k, stride)
 ]
 
 
-@pytest.mark.parametrize("impl", ["im2col", "fft"])
+@pytest.mark.parametrize("impl", ["im2col", "fft", "fft_grad"])
 @pytest.mark.parametrize("b,h,w,ci,co,k,s", CASES)
 def test_impl_matches_lax_values_and_grads(b, h, w, ci, co, k, s, impl):
     rng = np.random.default_rng(h * 100 + k * 10 + s)
@@ -40,6 +40,8 @@ def test_impl_matches_lax_values_and_grads(b, h, w, ci, co, k, s, impl):
     f = jax.jit(lambda x, w: conv2d(x, w, s, pad, impl=impl))
     np.testing.assert_array_equal(np.asarray(f(x, wt)), np.asarray(jax.jit(lambda x, w: _ref(x, w, s, pad))(x, wt)))
     g = jax.jit(jax.grad(loss(lambda x, w: conv2d(x, w, s, pad, impl=impl)), argnums=(0, 1)))(x, wt)
+    y_diff, _ = jax.vjp(lambda x, w: conv2d(x, w, s, pad, impl=impl), x, wt)   # value when differentiated
+    assert _rel(y_diff, y_ref) <= 1e-5
     assert _rel(g[0], g_ref[0]) <= 1e-5
     assert _rel(g[1], g_ref[1]) <= 1e-5
 
@@ -55,7 +57,7 @@ def test_weight_grad_asymmetric_padding_and_small_blocks():
 
 
 @pytest.mark.parametrize("k", [3, 5, 7])
-@pytest.mark.parametrize("impl", ["xla", "im2col", "fft"])
+@pytest.mark.parametrize("impl", ["xla", "im2col", "fft", "fft_grad"])
 def test_polyphase_upsampled_conv(k, impl):
     rng = np.random.default_rng(k)
     x = jnp.asarray(rng.standard_normal((2, 7, 6, 3)), jnp.float32)
@@ -106,6 +108,7 @@ def test_conv2d_module_matches_flax_conv_params_and_values():
 
 def test_auto_impl_resolves_per_backend():
     assert resolve_impl("auto", "cpu") == "fft"
+    assert resolve_impl("auto", "cpu", reversible=True) == "fft_grad"
     assert resolve_impl("auto", "gpu") == resolve_impl("auto", "tpu") == "xla"
     assert resolve_impl("im2col", "gpu") == "im2col"
     # "auto" on this (CPU) run takes the fft gradient: exactly the values of impl="fft"
