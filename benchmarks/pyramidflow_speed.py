@@ -19,12 +19,13 @@ compiler's freed memory is returned to the OS (``malloc_trim``) and the
 kernel's peak mark is reset (``/proc/self/clear_refs``). The model is
 initialised by one jitted call.
 
-Measured 2026-11-22, 2-core AMD EPYC (AVX2) VM, idle, conv_impl=fft, medians:
-D=2/4/8 train plain 1.14/2.29/4.31 s (step peak 860/1245/2008 MB),
-reversible 1.42/2.82/5.33 s (695/754/852 MB), inference 5.02/2.76/1.45 img/s.
-The official code on the same machine in the same minutes
-(pyramidflow_official_torch.py): plain 1.24/2.25/4.48 s, memory-saving
-2.09/3.98/7.99 s (1210/1302/1454 MB), inference 3.95/2.26/1.22 img/s.
+Measured 2026-11-22, 2-core AMD EPYC (AVX2) VM, idle, conv_impl=auto, medians:
+D=2/4/8 train plain 1.12/2.17/4.12 s (step peak 875/1308/2105 MB),
+reversible 1.56/2.86/5.78 s (696/746/847 MB), inference 4.78/2.72/1.37 img/s.
+The official code on the same machine 20 minutes before
+(pyramidflow_official_torch.py): plain 1.19/2.35/4.59 s, memory-saving
+2.12/4.04/7.87 s (1281/1301/1473 MB), inference 4.18/2.42/1.20 img/s. This
+VM drifts by up to 10 % within an hour: time both within minutes.
 """
 from __future__ import annotations
 
