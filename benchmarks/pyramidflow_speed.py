@@ -104,8 +104,9 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_im
     elif jax.devices()[0].platform != "cpu":
         step_peak = peak_mb()
     med, mn = float(np.median(times)), float(np.min(times))
+    whole_peak = max(peak_mb(), compile_peak) if step_peak == step_peak else peak_mb()
     return {"kind": kind, "depth": depth, "reversible": reversible, "batch": batch, "compile_s": compile_s,
-            "median_s": med, "min_s": mn, "images_per_s": batch / med, "peak_mb": max(peak_mb(), compile_peak) if step_peak == step_peak else peak_mb(),
+            "median_s": med, "min_s": mn, "images_per_s": batch / med, "peak_mb": whole_peak,
             "step_peak_mb": step_peak, "rss_before_steps_mb": rss_before,
             "conv_impl": resolve_impl(conv_impl, reversible=reversible), "polyphase": polyphase,
             "xla_mb": xla_mb,
@@ -194,8 +195,9 @@ def main() -> None:
     print(f"{'kind':6} {'D':>2} {'rev':>3} {'batch':>5} {'compile s':>9} {'median s':>9} {'min s':>7} "
           f"{'img/s':>7} {'peak MB':>8} {'step MB':>8} {'GFLOP':>7} {'GB':>6} {'roof s':>7} {'XLA MB':>7}  device")
     for kind, d, rev in jobs:
-        out = subprocess.run([sys.executable, __file__, f"--_row={kind}:{d}:{rev}", f"--steps={a.steps}",
-                              f"--size={a.size}", f"--conv-impl={a.conv_impl}"] + (["--no-polyphase"] if a.no_polyphase else []), capture_output=True, text=True, env=env)
+        cmd = [sys.executable, __file__, f"--_row={kind}:{d}:{rev}", f"--steps={a.steps}", f"--size={a.size}",
+               f"--conv-impl={a.conv_impl}"] + (["--no-polyphase"] if a.no_polyphase else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:
             print(f"{kind:6} {d:>2} {rev:>3} FAILED: {out.stderr[-500:]}")
             continue
@@ -205,16 +207,19 @@ def main() -> None:
         rows.append(r)
         print(f"{kind:6} {d:>2} {'on' if rev else 'off':>3} {r['batch']:>5} {r['compile_s']:>9.2f} "
               f"{r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['images_per_s']:>7.2f} {r['peak_mb']:>8.0f} "
-              f"{r['step_peak_mb']:>8.0f} {r['gflop']:>7.1f} {r['gbytes']:>6.2f} {r['roof_s']:>7.3f} {r['xla_mb']:>7.0f}  "
-              f"{r['device']}", flush=True)
+              f"{r['step_peak_mb']:>8.0f} {r['gflop']:>7.1f} {r['gbytes']:>6.2f} {r['roof_s']:>7.3f} "
+              f"{r['xla_mb']:>7.0f}  {r['device']}", flush=True)
     official = {}
     if a.official_json:
         with open(a.official_json) as f:
             official = {(o["kind"], o["depth"], o["savemem"]): o for o in json.load(f)}
     for r in rows:
-        what = f"{r['kind']} D={r['depth']}" + (f" rev={'on' if r['reversible'] else 'off'}" if r["kind"] == "train" else "")
+        what = f"{r['kind']} D={r['depth']}"
+        if r["kind"] == "train":
+            what += f" rev={'on' if r['reversible'] else 'off'}"
         line = f"summary: {what}: median {r['median_s']:.3f} s (min {r['min_s']:.3f})"
-        anchor = ANCHORS.get((r["kind"], r["reversible"])) if r["depth"] == 4 and r["platform"] == "cpu" else None
+        on_anchor_setting = r["depth"] == 4 and r["platform"] == "cpu"
+        anchor = ANCHORS.get((r["kind"], r["reversible"])) if on_anchor_setting else None
         if anchor:
             line += (f"; official anchor median {anchor[1]} s (min {anchor[0]}): "
                      f"{anchor[1] / r['median_s']:.2f}x (min {anchor[0] / r['min_s']:.2f}x)")
