@@ -39,10 +39,10 @@ class AffineParams(nn.Module):
       last_stride: 2 evaluates the last conv only at even pixels (exactly what
         the official 'down' block keeps after nearest resampling). Only valid
         where the volume-norm statistics do not need the other pixels (CVN, none).
-      conv_impl: ``"xla"`` (``lax.conv`` and its autodiff), ``"im2col"`` (same
-        forward, weight gradient as im2col matmuls) or ``"fft"`` (same forward,
-        both gradients by tiled FFT: fastest on XLA:CPU), see
-        :mod:`jaxflow_ad.nn.conv`. Parameters are the same either way.
+      conv_impl: how the convs are differentiated, see :mod:`jaxflow_ad.nn.conv`:
+        ``"xla"`` (``lax.conv`` and its autodiff), ``"im2col"``, ``"fft"``,
+        ``"fft_grad"`` (tiled-FFT gradients: fastest on XLA:CPU) or ``"auto"``.
+        Same function and parameters either way.
 
     ``__call__(x, ..., upsampled=True)`` takes a half-resolution ``x`` and
     evaluates the subnet on ``nearest_up2(x)``; the first conv then runs as four

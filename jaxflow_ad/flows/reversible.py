@@ -55,10 +55,12 @@ def _plain_chain(layers, variables, x, train, update_stats):
     return x, logdet, new_vars
 
 
+def _without_params(variables):
+    return [{k: c for k, c in v.items() if k != "params"} for v in variables]
+
+
 def _split_params(variables):
-    params = [v["params"] for v in variables]
-    rest = [{k: c for k, c in v.items() if k != "params"} for v in variables]
-    return params, rest
+    return [v["params"] for v in variables], _without_params(variables)
 
 
 def _layer_backward(layer, p, r, y, g_y, g_ld, train):
@@ -115,14 +117,14 @@ def _reversible_chain(layers: Sequence[nn.Module], train: bool, update_stats: bo
         if not scanned:
             variables = [{"params": p, **r} for p, r in zip(params, rest)]
             y, ld, new_vars = _plain_chain(layers, variables, x, train, update_stats)
-            return y, ld, [{k: c for k, c in v.items() if k != "params"} for v in new_vars]
+            return y, ld, _without_params(new_vars)
         # One scan step per repetition: the compiled program, and the memory the
         # compiler keeps, do not grow with depth either.
         xs = [{"params": p, **r} for p, r in zip(_by_position(params, period), _by_position(rest, period))]
 
         def body(x, xs_rep):
             y, ld, new_vars = _plain_chain(layers[:period], xs_rep, x, train, update_stats)
-            return y, (ld, [{k: c for k, c in v.items() if k != "params"} for v in new_vars])
+            return y, (ld, _without_params(new_vars))
 
         y, (lds, new_stacked) = jax.lax.scan(body, x, xs)
         return y, jnp.sum(lds, axis=0), _from_positions(new_stacked, n, period)

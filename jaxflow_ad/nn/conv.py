@@ -47,7 +47,6 @@ Layouts: NHWC inputs, HWIO kernels, no bias.
 """
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -108,13 +107,13 @@ def weight_grad_im2col(x: jax.Array, dy: jax.Array, ksize: tuple[int, int], stri
     return acc.reshape(kh, kw, c_in, c_out).astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_im2col(x, w, stride, padding):
-    return _xla_conv(x, w, stride, padding)
+# The custom-VJP convs below evaluate the direct conv when not differentiated;
+# they differ in how they differentiate it.
+_conv_im2col = jax.custom_vjp(_xla_conv, nondiff_argnums=(2, 3))
 
 
-def _conv_im2col_fwd(x, w, stride, padding):
-    return _xla_conv(x, w, stride, padding), (x, w)
+def _direct_fwd(x, w, stride, padding):
+    return _xla_conv(x, w, stride, padding), (x, w)   # direct forward; the backward works from (x, w)
 
 
 def _conv_im2col_bwd(stride, padding, res, dy):
@@ -125,7 +124,7 @@ def _conv_im2col_bwd(stride, padding, res, dy):
     return dx, dw
 
 
-_conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
+_conv_im2col.defvjp(_direct_fwd, _conv_im2col_bwd)
 
 
 # Tile sizes tried by :func:`fft_tile_size` (FFT lengths with small prime factors).
@@ -209,9 +208,7 @@ def _conv_fft_strided(x, w, stride, padding):
     return y[:, ::stride, ::stride] if stride != 1 else y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_fft(x, w, stride, padding):
-    return _xla_conv(x, w, stride, padding)   # not differentiated (inference): the direct conv
+_conv_fft = jax.custom_vjp(_xla_conv, nondiff_argnums=(2, 3))
 
 
 def _conv_fft_fwd(x, w, stride, padding):
@@ -227,13 +224,7 @@ def _conv_fft_bwd(stride, padding, vjp, dy):
 _conv_fft.defvjp(_conv_fft_fwd, _conv_fft_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_fft_grad(x, w, stride, padding):
-    return _xla_conv(x, w, stride, padding)
-
-
-def _conv_fft_grad_fwd(x, w, stride, padding):
-    return _xla_conv(x, w, stride, padding), (x, w)   # direct forward; spectra rebuilt in the backward
+_conv_fft_grad = jax.custom_vjp(_xla_conv, nondiff_argnums=(2, 3))
 
 
 def _conv_fft_grad_bwd(stride, padding, res, dy):
@@ -242,7 +233,7 @@ def _conv_fft_grad_bwd(stride, padding, res, dy):
     return vjp(dy)
 
 
-_conv_fft_grad.defvjp(_conv_fft_grad_fwd, _conv_fft_grad_bwd)
+_conv_fft_grad.defvjp(_direct_fwd, _conv_fft_grad_bwd)
 
 
 def _norm_padding(padding, ksize):
