@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH_VENV ?= .venv-torch
 
-.PHONY: setup setup-test run smoke test test-slow test-torch bench
+.PHONY: setup setup-test run smoke lint test test-slow test-torch bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ run: setup
 smoke: setup
 	$(BIN)/python -m experiments.main --config=configs/pyramidflow.py:smoke --workdir=runs/pyramidflow_smoke
 
-# The default test suite (torch-free).
-test: setup-test
+# Lint and format check (ruff, configured in pyproject.toml).
+lint: setup-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The default test suite (torch-free), after the lint.
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-slow: setup-test

@@ -25,6 +25,7 @@ average 0.9-1.7, nothing else running): c = 128 (69.05M params): 0.45 img/s
 img/s (0.623 / 0.620 s, 881 MB); c = 32: 4.20 img/s (0.238 / 0.231 s, 724 MB).
 At load average ~5 (two other runs): 0.11 / 0.41 / 1.16 img/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,11 +49,11 @@ def _row(width: int, batch: int, steps: int, size: int, extractor: str) -> dict:
     from configs import fair as fair_config
     from jaxflow_ad.models.fair import FAIR
 
-    cfg = fair_config.get_config("paper")                # 256 px, official scoring settings
+    cfg = fair_config.get_config("paper")  # 256 px, official scoring settings
     cfg.data.image_size = size
     cfg.model.base_width = width
     cfg.model.extractor = extractor
-    cfg.train.steps_per_epoch = 1                        # only the (unused) learning-rate schedule needs it
+    cfg.train.steps_per_epoch = 1  # only the (unused) learning-rate schedule needs it
     method = FAIR(cfg)
     state = method.init(jax.random.PRNGKey(0), (size, size, 3))
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
@@ -62,17 +63,28 @@ def _row(width: int, batch: int, steps: int, size: int, extractor: str) -> dict:
     compiled = fn.lower(state, images).compile()
     compile_s = time.perf_counter() - t0
     times = []
-    for _ in range(steps + 1):                           # the first call warms caches
+    for _ in range(steps + 1):  # the first call warms caches
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(state, images))
         times.append(time.perf_counter() - t0)
     times = times[1:]
     med, mn = float(np.median(times)), float(np.min(times))
     dev = jax.devices()[0]
-    return {"width": width, "batch": batch, "size": size, "extractor": extractor, "params": n_params,
-            "compile_s": compile_s, "median_s": med, "min_s": mn, "images_per_s": batch / med,
-            "images_per_s_best": batch / mn, "peak_mb": peak_mb(), "device": str(dev.device_kind),
-            "platform": dev.platform}
+    return {
+        "width": width,
+        "batch": batch,
+        "size": size,
+        "extractor": extractor,
+        "params": n_params,
+        "compile_s": compile_s,
+        "median_s": med,
+        "min_s": mn,
+        "images_per_s": batch / med,
+        "images_per_s_best": batch / mn,
+        "peak_mb": peak_mb(),
+        "device": str(dev.device_kind),
+        "platform": dev.platform,
+    }
 
 
 def main() -> None:
@@ -88,32 +100,54 @@ def main() -> None:
     if a._row:
         print(json.dumps(_row(a._row, a.batch, a.steps, a.size, a.extractor)))
         return
-    print(f"# machine: {platform.node()} {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs; python {platform.python_version()}; load average {os.getloadavg()}")
-    print(f"# FAIR.score at {a.size}x{a.size}, extractor={a.extractor}, batch {a.batch}, {a.steps} timed calls; "
-          f"paper (RTX 3090 Ti): {PAPER_FPS} FPS")
-    print(f"{'c':>4} {'params M':>8} {'batch':>5} {'compile s':>9} {'median s':>9} {'min s':>7} "
-          f"{'img/s':>8} {'best':>8} {'peak MB':>8}  device")
+    print(
+        f"# machine: {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs; python {platform.python_version()}; load average {os.getloadavg()}"
+    )
+    print(
+        f"# FAIR.score at {a.size}x{a.size}, extractor={a.extractor}, batch {a.batch}, {a.steps} timed calls; "
+        f"paper (RTX 3090 Ti): {PAPER_FPS} FPS"
+    )
+    print(
+        f"{'c':>4} {'params M':>8} {'batch':>5} {'compile s':>9} {'median s':>9} {'min s':>7} "
+        f"{'img/s':>8} {'best':>8} {'peak MB':>8}  device"
+    )
     rows = []
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(d for d in (root, os.environ.get("PYTHONPATH")) if d))
     for width in [int(v) for v in a.widths.split(",")]:
-        out = subprocess.run([sys.executable, __file__, f"--_row={width}", f"--batch={a.batch}",
-                              f"--steps={a.steps}", f"--size={a.size}", f"--extractor={a.extractor}"],
-                             capture_output=True, text=True, env=env)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                f"--_row={width}",
+                f"--batch={a.batch}",
+                f"--steps={a.steps}",
+                f"--size={a.size}",
+                f"--extractor={a.extractor}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if out.returncode:
             print(f"{width:>4} FAILED: {out.stderr[-500:]}", flush=True)
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
-        print(f"{width:>4} {r['params'] / 1e6:>8.2f} {r['batch']:>5} {r['compile_s']:>9.2f} {r['median_s']:>9.3f} "
-              f"{r['min_s']:>7.3f} {r['images_per_s']:>8.2f} {r['images_per_s_best']:>8.2f} {r['peak_mb']:>8.0f}  "
-              f"{r['device']} ({r['platform']})", flush=True)
+        print(
+            f"{width:>4} {r['params'] / 1e6:>8.2f} {r['batch']:>5} {r['compile_s']:>9.2f} {r['median_s']:>9.3f} "
+            f"{r['min_s']:>7.3f} {r['images_per_s']:>8.2f} {r['images_per_s_best']:>8.2f} {r['peak_mb']:>8.0f}  "
+            f"{r['device']} ({r['platform']})",
+            flush=True,
+        )
     for r in rows:
         ref = PAPER_FPS.get(r["width"])
         vs = f", {r['images_per_s'] / ref:.3f}x the paper's {ref:g} FPS (RTX 3090 Ti)" if ref else ""
-        print(f"summary: c={r['width']} batch {r['batch']}: {r['images_per_s']:.2f} img/s median "
-              f"({r['images_per_s_best']:.2f} best), compile {r['compile_s']:.1f} s on {r['device']}{vs}")
+        print(
+            f"summary: c={r['width']} batch {r['batch']}: {r['images_per_s']:.2f} img/s median "
+            f"({r['images_per_s_best']:.2f} best), compile {r['compile_s']:.1f} s on {r['device']}{vs}"
+        )
     print(f"# load average at the end {os.getloadavg()}")
     if a.json:
         with open(a.json, "w") as f:

@@ -1,5 +1,6 @@
 """Memory measurements shared by the benchmark scripts (process RSS on CPU,
 device peak bytes on GPU)."""
+
 from __future__ import annotations
 
 import resource
@@ -8,6 +9,7 @@ import resource
 def peak_mb() -> float:
     """Peak memory of the process so far: device peak on GPU, peak RSS on CPU."""
     import jax
+
     dev = jax.devices()[0]
     if dev.platform != "cpu":
         stats = dev.memory_stats() or {}
@@ -21,6 +23,7 @@ def reset_peak_rss() -> bool:
     ``clear_refs`` 5), so that the steps' peak can be told from the compiler's."""
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass

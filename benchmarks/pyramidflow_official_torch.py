@@ -21,6 +21,7 @@ torch-env``); ``albumentations`` (used by the official dataset class only) is
 replaced by an empty module when missing. Each row runs in a fresh subprocess
 (peak RSS of its own); 2 threads (``--threads``), like the anchors.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,6 @@ import time
 import types
 
 import numpy as np
-
 from memory import hwm_mb, reset_peak_rss  # noqa: E402  (benchmarks/ is on sys.path)
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
@@ -43,21 +43,26 @@ def _import_official(path: str):
     if not os.path.isfile(os.path.join(path, "model.py")):
         sys.exit(f"--official-dir {path}: no model.py there; pass a checkout of gasharper/PyramidFlow")
     if not os.path.isfile(os.path.join(path, "autoFlow.py")):
-        sys.exit(f"--official-dir {path}: autoFlow.py is missing (deleted upstream); restore it with "
-                 f"`git -C {path} show 7db456f:autoFlow.py > {path}/autoFlow.py`")
+        sys.exit(
+            f"--official-dir {path}: autoFlow.py is missing (deleted upstream); restore it with "
+            f"`git -C {path} show 7db456f:autoFlow.py > {path}/autoFlow.py`"
+        )
     try:
         import albumentations  # noqa: F401
-    except ImportError:       # only the dataset class uses it; the model and loss do not
+    except ImportError:  # only the dataset class uses it; the model and loss do not
         sys.modules["albumentations"] = types.ModuleType("albumentations")
     sys.path.insert(0, path)
     import model
     import util
+
     return model, util
 
 
-def _row(official: str, kind: str, depth: int, savemem: bool, steps: int, size: int, threads: int,
-         device: str = "cpu") -> dict:
+def _row(
+    official: str, kind: str, depth: int, savemem: bool, steps: int, size: int, threads: int, device: str = "cpu"
+) -> dict:
     import torch
+
     torch.set_num_threads(threads)
     dev = torch.device(device)
     model, util = _import_official(official)
@@ -79,7 +84,7 @@ def _row(official: str, kind: str, depth: int, savemem: bool, steps: int, size: 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm=1.0)
             opt.step()
-            for m in flow.modules():      # the official VolumeNorm keeps autograd history across steps
+            for m in flow.modules():  # the official VolumeNorm keeps autograd history across steps
                 if hasattr(m, "running_mean") and torch.is_tensor(m.running_mean):
                     m.running_mean = m.running_mean.detach()
             return float(loss)
@@ -92,24 +97,34 @@ def _row(official: str, kind: str, depth: int, savemem: bool, steps: int, size: 
                 z = flow(images)
                 amap = flow.pyramid.compose_pyramid([(a - t).abs() for a, t in zip(z, template)]).mean(1)
                 return float(amap.amax((-1, -2)).sum())
+
     times = []
     step_peak = float("nan")
-    for i in range(steps + 1):           # the first call warms up
+    for i in range(steps + 1):  # the first call warms up
         if i == 1 and dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         elif i == 1 and reset_peak_rss():
             step_peak = 0.0
         t0 = time.perf_counter()
-        step()                           # float(loss) waits for the device
+        step()  # float(loss) waits for the device
         times.append(time.perf_counter() - t0)
     if dev.type == "cuda":
         step_peak = torch.cuda.max_memory_allocated() / 2**20
     times = times[1:]
     med = float(np.median(times))
-    return {"kind": kind, "depth": depth, "savemem": savemem, "batch": batch, "median_s": med,
-            "min_s": float(np.min(times)), "images_per_s": batch / med,
-            "step_peak_mb": hwm_mb() if step_peak == 0.0 else step_peak, "threads": threads,
-            "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__}
+    return {
+        "kind": kind,
+        "depth": depth,
+        "savemem": savemem,
+        "batch": batch,
+        "median_s": med,
+        "min_s": float(np.min(times)),
+        "images_per_s": batch / med,
+        "step_peak_mb": hwm_mb() if step_peak == 0.0 else step_peak,
+        "threads": threads,
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
 
 
 def main() -> None:
@@ -127,24 +142,38 @@ def main() -> None:
         kind, depth, mem = a._row.split(":")
         print(json.dumps(_row(a.official_dir, kind, int(depth), mem == "1", a.steps, a.size, a.threads, a.device)))
         return
-    _import_official(a.official_dir)      # fail early, with the fix, on a bad checkout
+    _import_official(a.official_dir)  # fail early, with the fix, on a bad checkout
     print(f"# official PyramidFlow (torch), device {a.device}, {a.threads} threads; load average {os.getloadavg()}")
     print(f"{'kind':6} {'D':>2} {'savemem':>7} {'batch':>5} {'median s':>9} {'min s':>7} {'img/s':>7} {'step MB':>8}")
     rows = []
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     for d in [int(v) for v in a.depths.split(",")]:
         for kind, mem in (("train", 0), ("train", 1), ("infer", 0)):
-            out = subprocess.run([sys.executable, __file__, f"--_row={kind}:{d}:{mem}", f"--steps={a.steps}",
-                                  f"--size={a.size}", f"--threads={a.threads}", f"--official-dir={a.official_dir}",
-                                  f"--device={a.device}"],
-                                 capture_output=True, text=True, env=env)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    f"--_row={kind}:{d}:{mem}",
+                    f"--steps={a.steps}",
+                    f"--size={a.size}",
+                    f"--threads={a.threads}",
+                    f"--official-dir={a.official_dir}",
+                    f"--device={a.device}",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if out.returncode:
                 print(f"{kind:6} {d:>2} {mem:>7} FAILED: {out.stderr[-500:]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(r)
-            print(f"{kind:6} {d:>2} {'on' if mem else 'off':>7} {r['batch']:>5} {r['median_s']:>9.3f} "
-                  f"{r['min_s']:>7.3f} {r['images_per_s']:>7.2f} {r['step_peak_mb']:>8.0f}", flush=True)
+            print(
+                f"{kind:6} {d:>2} {'on' if mem else 'off':>7} {r['batch']:>5} {r['median_s']:>9.3f} "
+                f"{r['min_s']:>7.3f} {r['images_per_s']:>7.2f} {r['step_peak_mb']:>8.0f}",
+                flush=True,
+            )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -27,6 +27,7 @@ The official code on the same machine 20 minutes before
 2.12/4.04/7.87 s (1281/1301/1473 MB), inference 4.18/2.42/1.20 img/s. This
 VM drifts by up to 10 % within an hour: time both within minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ ANCHORS = {("train", False): (2.81, 2.98), ("train", True): (4.21, 4.31), ("infe
 ANCHOR_RSS = {False: 2003, True: 921}
 
 
-def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_impl: str = "auto",
-         polyphase: bool = True) -> dict:
+def _row(
+    kind: str, depth: int, reversible: bool, steps: int, size: int, conv_impl: str = "auto", polyphase: bool = True
+) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -55,23 +57,32 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_im
     from jaxflow_ad.nn.conv import resolve_impl
 
     cfg = pf_config.get_config()
-    cfg.model.update(channels=16, levels=4, stacks=depth, ksize=7, volume_norm="CVN", reversible=reversible,
-                     conv_impl=conv_impl, up_polyphase=polyphase)
+    cfg.model.update(
+        channels=16,
+        levels=4,
+        stacks=depth,
+        ksize=7,
+        volume_norm="CVN",
+        reversible=reversible,
+        conv_impl=conv_impl,
+        up_polyphase=polyphase,
+    )
     method = PyramidFlow(cfg)
     batch = 2 if kind == "train" else 4
     x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-    images = jnp.asarray(np.transpose(x, (0, 2, 3, 1)))          # [0,1]; the model normalises
-    init = jax.jit(method.init, static_argnums=1)      # one compile, not hundreds of eager ops
+    images = jnp.asarray(np.transpose(x, (0, 2, 3, 1)))  # [0,1]; the model normalises
+    init = jax.jit(method.init, static_argnums=1)  # one compile, not hundreds of eager ops
     state = init(jax.random.PRNGKey(0), (size, size, 3))
     jax.block_until_ready(state)
     del init
-    jax.clear_caches()                                  # drop the init executable before measuring
+    jax.clear_caches()  # drop the init executable before measuring
     if kind == "train":
         fn = jax.jit(method.train_step, donate_argnums=0)
         args = lambda s: (s, {"image": images}, jax.random.PRNGKey(0))
     else:
-        state = state.replace(stats={"template": tuple(
-            jnp.zeros((1, size // 2**i, size // 2**i, 16)) for i in range(4))})
+        state = state.replace(
+            stats={"template": tuple(jnp.zeros((1, size // 2**i, size // 2**i, 16)) for i in range(4))}
+        )
         fn = jax.jit(method.score)
         args = lambda s: (s, images)
     t0 = time.perf_counter()
@@ -80,16 +91,19 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_im
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
     if " while(" in compiled.as_text() or jax.devices()[0].platform != "cpu":
-        cost = {}    # loops: XLA counts a body once; GPU: library convs (cuDNN) are not counted
+        cost = {}  # loops: XLA counts a body once; GPU: library convs (cuDNN) are not counted
     mem = compiled.memory_analysis()
-    xla_mb = (float("nan") if mem is None else
-              (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-               + mem.temp_size_in_bytes) / 2**20)
+    xla_mb = (
+        float("nan")
+        if mem is None
+        else (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+        / 2**20
+    )
     times = []
     step_peak = compile_peak = rss_before = float("nan")
-    for i in range(steps + 1):                     # the first call warms caches
+    for i in range(steps + 1):  # the first call warms caches
         if i == 1 and jax.devices()[0].platform == "cpu":
-            compile_peak = peak_mb()          # before the reset: compiler and first call
+            compile_peak = peak_mb()  # before the reset: compiler and first call
             if reset_peak_rss():
                 step_peak, rss_before = 0.0, rss_mb()
         t0 = time.perf_counter()
@@ -105,14 +119,26 @@ def _row(kind: str, depth: int, reversible: bool, steps: int, size: int, conv_im
         step_peak = peak_mb()
     med, mn = float(np.median(times)), float(np.min(times))
     whole_peak = max(peak_mb(), compile_peak) if step_peak == step_peak else peak_mb()
-    return {"kind": kind, "depth": depth, "reversible": reversible, "batch": batch, "compile_s": compile_s,
-            "median_s": med, "min_s": mn, "images_per_s": batch / med, "peak_mb": whole_peak,
-            "step_peak_mb": step_peak, "rss_before_steps_mb": rss_before,
-            "conv_impl": resolve_impl(conv_impl, reversible=reversible), "polyphase": polyphase,
-            "xla_mb": xla_mb,
-            "gflop": float(cost.get("flops", float("nan"))) / 1e9,
-            "gbytes": float(cost.get("bytes accessed", float("nan"))) / 1e9,
-            "device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform}
+    return {
+        "kind": kind,
+        "depth": depth,
+        "reversible": reversible,
+        "batch": batch,
+        "compile_s": compile_s,
+        "median_s": med,
+        "min_s": mn,
+        "images_per_s": batch / med,
+        "peak_mb": whole_peak,
+        "step_peak_mb": step_peak,
+        "rss_before_steps_mb": rss_before,
+        "conv_impl": resolve_impl(conv_impl, reversible=reversible),
+        "polyphase": polyphase,
+        "xla_mb": xla_mb,
+        "gflop": float(cost.get("flops", float("nan"))) / 1e9,
+        "gbytes": float(cost.get("bytes accessed", float("nan"))) / 1e9,
+        "device": str(jax.devices()[0].device_kind),
+        "platform": jax.devices()[0].platform,
+    }
 
 
 def _rates(reps: int = 7) -> dict:
@@ -126,11 +152,12 @@ def _rates(reps: int = 7) -> dict:
 
     x = jnp.ones((4, 256, 256, 32), jnp.float32)
     w = jnp.full((7, 7, 32, 32), 0.01, jnp.float32)
-    conv = jax.jit(lambda a, b: lax.conv_general_dilated(a, b, (1, 1), "SAME",
-                                                         dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    conv = jax.jit(
+        lambda a, b: lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    )
     bump = jax.jit(lambda a: a * 1.5 + 1.0)
 
-    def best(f, *a):           # the fastest of several runs: what the machine can do
+    def best(f, *a):  # the fastest of several runs: what the machine can do
         jax.block_until_ready(f(*a))
         ts = []
         for _ in range(reps):
@@ -150,13 +177,15 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--no-rev", action="store_true", help="skip the reversible rows")
     p.add_argument("--no-infer", action="store_true")
-    p.add_argument("--conv-impl", default="auto",
-                   help="model.conv_impl: auto | xla | im2col | fft | fft_grad")
+    p.add_argument("--conv-impl", default="auto", help="model.conv_impl: auto | xla | im2col | fft | fft_grad")
     p.add_argument("--no-polyphase", action="store_true", help="model.up_polyphase=False")
     p.add_argument("--json", default="", help="also write the rows to this file")
-    p.add_argument("--official-json", default="",
-                   help="rows of benchmarks/pyramidflow_official_torch.py --json, timed on this machine: "
-                        "the summaries then also compare with them")
+    p.add_argument(
+        "--official-json",
+        default="",
+        help="rows of benchmarks/pyramidflow_official_torch.py --json, timed on this machine: "
+        "the summaries then also compare with them",
+    )
     p.add_argument("--_row", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a._row == "rates":
@@ -173,42 +202,62 @@ def main() -> None:
             jobs.append(("train", d, 1))
         if not a.no_infer:
             jobs.append(("infer", d, 0))
-    print(f"# machine: {platform.node()} {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs; python {platform.python_version()}")
+    print(
+        f"# machine: {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs; python {platform.python_version()}"
+    )
     print(f"# conv_impl={a.conv_impl} up_polyphase={not a.no_polyphase}; load average {os.getloadavg()}")
-    print("# official anchors (another VM, 2 threads, D=4), (min, median) s: "
-          + ", ".join(f"{k}{' rev' if r else ''} {v}" for (k, r), v in ANCHORS.items()))
+    print(
+        "# official anchors (another VM, 2 threads, D=4), (min, median) s: "
+        + ", ".join(f"{k}{' rev' if r else ''} {v}" for (k, r), v in ANCHORS.items())
+    )
     rows = []
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(d for d in (root, os.environ.get("PYTHONPATH")) if d))
     out = subprocess.run([sys.executable, __file__, "--_row=rates"], capture_output=True, text=True, env=env)
     rates = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
     if rates:
-        print(f"# machine rates: direct 7x7 conv {rates['conv_gflop_s']:.0f} GFLOP/s, "
-              f"memory {rates['mem_gb_s']:.1f} GB/s (read+write)")
+        print(
+            f"# machine rates: direct 7x7 conv {rates['conv_gflop_s']:.0f} GFLOP/s, "
+            f"memory {rates['mem_gb_s']:.1f} GB/s (read+write)"
+        )
     else:
         print(f"# machine rates: probe FAILED: {out.stderr[-300:]}")
-    print("# roofline: 'GFLOP' and 'GB' are XLA's cost analysis of the compiled step (not given where the "
-          "step has loops: scanned reversible chain); 'roof s' = max(GFLOP / conv rate, GB / memory rate), "
-          "an estimate of the time this op graph needs at those rates (XLA counts every operand as read from "
-          "memory: over-counts what stays in cache)")
-    print(f"{'kind':6} {'D':>2} {'rev':>3} {'batch':>5} {'compile s':>9} {'median s':>9} {'min s':>7} "
-          f"{'img/s':>7} {'peak MB':>8} {'step MB':>8} {'GFLOP':>7} {'GB':>6} {'roof s':>7} {'XLA MB':>7}  device")
+    print(
+        "# roofline: 'GFLOP' and 'GB' are XLA's cost analysis of the compiled step (not given where the "
+        "step has loops: scanned reversible chain); 'roof s' = max(GFLOP / conv rate, GB / memory rate), "
+        "an estimate of the time this op graph needs at those rates (XLA counts every operand as read from "
+        "memory: over-counts what stays in cache)"
+    )
+    print(
+        f"{'kind':6} {'D':>2} {'rev':>3} {'batch':>5} {'compile s':>9} {'median s':>9} {'min s':>7} "
+        f"{'img/s':>7} {'peak MB':>8} {'step MB':>8} {'GFLOP':>7} {'GB':>6} {'roof s':>7} {'XLA MB':>7}  device"
+    )
     for kind, d, rev in jobs:
-        cmd = [sys.executable, __file__, f"--_row={kind}:{d}:{rev}", f"--steps={a.steps}", f"--size={a.size}",
-               f"--conv-impl={a.conv_impl}"] + (["--no-polyphase"] if a.no_polyphase else [])
+        cmd = [
+            sys.executable,
+            __file__,
+            f"--_row={kind}:{d}:{rev}",
+            f"--steps={a.steps}",
+            f"--size={a.size}",
+            f"--conv-impl={a.conv_impl}",
+        ] + (["--no-polyphase"] if a.no_polyphase else [])
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:
             print(f"{kind:6} {d:>2} {rev:>3} FAILED: {out.stderr[-500:]}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        r["roof_s"] = (max(r["gflop"] / rates["conv_gflop_s"], r["gbytes"] / rates["mem_gb_s"])
-                        if rates else float("nan"))     # NaN (printed 'nan') where there is no estimate
+        r["roof_s"] = (
+            max(r["gflop"] / rates["conv_gflop_s"], r["gbytes"] / rates["mem_gb_s"]) if rates else float("nan")
+        )  # NaN (printed 'nan') where there is no estimate
         rows.append(r)
-        print(f"{kind:6} {d:>2} {'on' if rev else 'off':>3} {r['batch']:>5} {r['compile_s']:>9.2f} "
-              f"{r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['images_per_s']:>7.2f} {r['peak_mb']:>8.0f} "
-              f"{r['step_peak_mb']:>8.0f} {r['gflop']:>7.1f} {r['gbytes']:>6.2f} {r['roof_s']:>7.3f} "
-              f"{r['xla_mb']:>7.0f}  {r['device']}", flush=True)
+        print(
+            f"{kind:6} {d:>2} {'on' if rev else 'off':>3} {r['batch']:>5} {r['compile_s']:>9.2f} "
+            f"{r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['images_per_s']:>7.2f} {r['peak_mb']:>8.0f} "
+            f"{r['step_peak_mb']:>8.0f} {r['gflop']:>7.1f} {r['gbytes']:>6.2f} {r['roof_s']:>7.3f} "
+            f"{r['xla_mb']:>7.0f}  {r['device']}",
+            flush=True,
+        )
     official = {}
     if a.official_json:
         with open(a.official_json) as f:
@@ -221,20 +270,27 @@ def main() -> None:
         on_anchor_setting = r["depth"] == 4 and r["platform"] == "cpu"
         anchor = ANCHORS.get((r["kind"], r["reversible"])) if on_anchor_setting else None
         if anchor:
-            line += (f"; official anchor median {anchor[1]} s (min {anchor[0]}): "
-                     f"{anchor[1] / r['median_s']:.2f}x (min {anchor[0] / r['min_s']:.2f}x)")
+            line += (
+                f"; official anchor median {anchor[1]} s (min {anchor[0]}): "
+                f"{anchor[1] / r['median_s']:.2f}x (min {anchor[0] / r['min_s']:.2f}x)"
+            )
         o = official.get((r["kind"], r["depth"], r["reversible"]))
         if o:
             line += f"; official on this machine median {o['median_s']:.3f} s: {o['median_s'] / r['median_s']:.2f}x"
         if r["roof_s"] == r["roof_s"]:
             line += f"; roofline {r['roof_s']:.3f} s ({r['gflop']:.0f} GFLOP, {r['gbytes']:.1f} GB)"
         print(line)
-    for key, what in (("peak_mb", "whole process, compiler included"), ("step_peak_mb", "during the steps"),
-                      ("xla_mb", "XLA's buffers: arguments, outputs, temporaries")):
+    for key, what in (
+        ("peak_mb", "whole process, compiler included"),
+        ("step_peak_mb", "during the steps"),
+        ("xla_mb", "XLA's buffers: arguments, outputs, temporaries"),
+    ):
         revs = {r["depth"]: r[key] for r in rows if r["kind"] == "train" and r["reversible"]}
         if 2 in revs and 8 in revs:
-            print(f"summary: reversible peak memory ({what}) D=8 / D=2 = {revs[8] / revs[2]:.2f} "
-                  f"({revs[2]:.0f} -> {revs[8]:.0f} MB); official anchor at D=4: {ANCHOR_RSS[True]} MB")
+            print(
+                f"summary: reversible peak memory ({what}) D=8 / D=2 = {revs[8] / revs[2]:.2f} "
+                f"({revs[2]:.0f} -> {revs[8]:.0f} MB); official anchor at D=4: {ANCHOR_RSS[True]} MB"
+            )
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -1,4 +1,5 @@
 """The sections every method's config shares: seed, data and evaluation."""
+
 import ml_collections
 
 
@@ -8,10 +9,10 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.root = ""                     # "" = the built-in synthetic dataset
-    c.data.categories = ""               # comma-separated; "" = every category under root
+    c.data.root = ""  # "" = the built-in synthetic dataset
+    c.data.categories = ""  # comma-separated; "" = every category under root
     c.data.image_size = 256
-    c.data.augment = augment             # auto (flips + rot90 for textures), none, flip_rot90
+    c.data.augment = augment  # auto (flips + rot90 for textures), none, flip_rot90
 
     c.model = ml_collections.ConfigDict()
     c.model.name = model_name
@@ -19,7 +20,7 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = eval_batch_size
-    c.eval.fpr_limit = 0.3               # AUPRO integrated to this FPR, divided by it
-    c.eval.resolution = "native"         # native (each mask's size) or an int
-    c.eval.num_heatmaps = 2              # figures per defect kind
+    c.eval.fpr_limit = 0.3  # AUPRO integrated to this FPR, divided by it
+    c.eval.resolution = "native"  # native (each mask's size) or an int
+    c.eval.num_heatmaps = 2  # figures per defect kind
     return c

@@ -53,6 +53,7 @@ Other extractors: ``--config.model.extractor=gaussian|ideal|sobel_xy|sobel_x``,
 
 Every value can be overridden as ``--config.x.y=value``.
 """
+
 import ml_collections
 
 from configs.common import base_config
@@ -61,41 +62,45 @@ from configs.common import base_config
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # data.augment none: FAIR's own augmentation is the anomaly synthesis
     c = base_config("fair", augment="none", eval_batch_size=8)
-    c.data.texture_root = ""             # DTD root; "" = textures from the training images (noDTD)
+    c.data.texture_root = ""  # DTD root; "" = textures from the training images (noDTD)
 
-    c.model.base_width = 128             # c: 128 (paper), 64, 32
-    c.model.extractor = "butterworth"    # butterworth | gaussian | ideal | sobel_xy | sobel_x
-    c.model.cutoff = 30.0                # D0 in frequency-index units at cutoff_reference_size
+    c.model.base_width = 128  # c: 128 (paper), 64, 32
+    c.model.extractor = "butterworth"  # butterworth | gaussian | ideal | sobel_xy | sobel_x
+    c.model.cutoff = 30.0  # D0 in frequency-index units at cutoff_reference_size
     c.model.cutoff_reference_size = 256  # D0 scales with image height; 0 = use cutoff as is
-    c.model.order = 2                    # Butterworth order n
-    c.model.per_channel = False          # filter RGB channels instead of the grayscale image
+    c.model.order = 2  # Butterworth order n
+    c.model.per_channel = False  # filter RGB channels instead of the grayscale image
     c.model.sobel_ksize = 3
-    c.model.score = ml_collections.ConfigDict(dict(
-        num_scales=2,                    # MSGMS scales
-        gms_c=0.0026,
-        color_weight=3e-4,               # k of Eq. 10
-        mean_size=21,                    # f_mean of Eq. 10
-        lab_channel_order="rgb",         # "bgr" reproduces the official Lab-of-BGR quirk
-    ))
+    c.model.score = ml_collections.ConfigDict(
+        dict(
+            num_scales=2,  # MSGMS scales
+            gms_c=0.0026,
+            color_weight=3e-4,  # k of Eq. 10
+            mean_size=21,  # f_mean of Eq. 10
+            lab_channel_order="rgb",  # "bgr" reproduces the official Lab-of-BGR quirk
+        )
+    )
 
     c.train.epochs = 800
     c.train.batch_size = 8
-    c.train.steps_per_epoch = 0          # set by the engine: ceil(num_train_images / batch_size)
+    c.train.steps_per_epoch = 0  # set by the engine: ceil(num_train_images / batch_size)
     c.train.optimizer = ml_collections.ConfigDict(dict(lr=1e-4, milestones=(0.8, 0.9), gamma=0.2))
-    c.train.ssim_data_range = 0.0        # 0 = official rule (inferred from the reconstruction)
-    c.train.synth = ml_collections.ConfigDict(dict(
-        p_cutpaste=0.5,
-        p_anomaly=0.5,
-        cutpaste_mode="official",        # official (quirky, see anomaly_synth) | clean
-        cutpaste_scale=(0.8, 0.9),
-        perlin_scale_exponents=(0, 6),
-        perlin_threshold=0.5,
-        perlin_rotation=90.0,
-        beta_max=0.8,
-        texture_ops=3,
-        rotate_prob=0.3,
-        rotate_max_deg=90.0,
-    ))
+    c.train.ssim_data_range = 0.0  # 0 = official rule (inferred from the reconstruction)
+    c.train.synth = ml_collections.ConfigDict(
+        dict(
+            p_cutpaste=0.5,
+            p_anomaly=0.5,
+            cutpaste_mode="official",  # official (quirky, see anomaly_synth) | clean
+            cutpaste_scale=(0.8, 0.9),
+            perlin_scale_exponents=(0, 6),
+            perlin_threshold=0.5,
+            perlin_rotation=90.0,
+            beta_max=0.8,
+            texture_ops=3,
+            rotate_prob=0.3,
+            rotate_max_deg=90.0,
+        )
+    )
     c.train.checkpoint_every_steps = 1000
     c.train.log_every_steps = 50
 
@@ -104,7 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif arg in (None, ""):
         c.data.image_size = 128
         c.model.base_width = 16
-        c.model.score.mean_size = 11         # 21 at 256 px, scaled with the image size
+        c.model.score.mean_size = 11  # 21 at 256 px, scaled with the image size
         c.train.epochs = 40
         c.train.log_every_steps = 20
     elif arg == "smoke":

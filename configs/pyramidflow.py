@@ -30,6 +30,7 @@ Variants (``--config=configs/pyramidflow.py:<arg>``):
 
 Every value can be overridden as ``--config.x.y=value``.
 """
+
 import ml_collections
 
 from configs.common import base_config
@@ -37,32 +38,36 @@ from configs.common import base_config
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base_config("pyramidflow", augment="auto", eval_batch_size=4)
-    c.data.per_category = True           # use CATEGORY_SETTINGS (levels, VN) where known
+    c.data.per_category = True  # use CATEGORY_SETTINGS (levels, VN) where known
 
-    c.model.encoder = "none"             # none (FNF) | resnet18 | resnet34 (frozen stem + layer1, C forced to 64)
-    c.model.backbone = ml_collections.ConfigDict(dict(
-        weights="",                      # converted torchvision checkpoint (python -m third_party.convert ...)
-        random_init=False))              # smoke tests only: random encoder weights
+    c.model.encoder = "none"  # none (FNF) | resnet18 | resnet34 (frozen stem + layer1, C forced to 64)
+    c.model.backbone = ml_collections.ConfigDict(
+        dict(
+            weights="",  # converted torchvision checkpoint (python -m third_party.convert ...)
+            random_init=False,
+        )
+    )  # smoke tests only: random encoder weights
     c.model.channels = 16
     c.model.levels = 4
     c.model.stacks = 4
     c.model.ksize = 7
-    c.model.volume_norm = "CVN"          # CVN | SVN | none
-    c.model.pyramid_down = "max"         # max | subsample | avg
-    c.model.pyramid_up = "nearest"       # nearest | zeros
-    c.model.fast_down = True             # stride-2 last conv in 'down' blocks (same function under CVN)
-    c.model.reversible = False           # memory-saving backprop through the flow
-    c.model.conv_impl = "auto"           # auto | xla | im2col | fft | fft_grad: how convs are differentiated (same
+    c.model.volume_norm = "CVN"  # CVN | SVN | none
+    c.model.pyramid_down = "max"  # max | subsample | avg
+    c.model.pyramid_up = "nearest"  # nearest | zeros
+    c.model.fast_down = True  # stride-2 last conv in 'down' blocks (same function under CVN)
+    c.model.reversible = False  # memory-saving backprop through the flow
+    c.model.conv_impl = "auto"  # auto | xla | im2col | fft | fft_grad: how convs are differentiated (same
     #   function); auto = fft on CPU (fft_grad with reversible), xla (cuDNN) on GPU/TPU: the fastest measured
-    c.model.up_polyphase = True          # 'up' blocks: first conv at half resolution, 4 output phases (same function)
-    c.model.loss = "fourier"             # fourier | spatial (ablation IV) | nll (ablation I)
-    c.model.template = "mean"            # mean | zero (ablation II)
-    c.model.difference = "pyramid"       # pyramid | composed (ablation III)
+    c.model.up_polyphase = True  # 'up' blocks: first conv at half resolution, 4 output phases (same function)
+    c.model.loss = "fourier"  # fourier | spatial (ablation IV) | nll (ablation I)
+    c.model.template = "mean"  # mean | zero (ablation II)
+    c.model.difference = "pyramid"  # pyramid | composed (ablation III)
 
     c.train.epochs = 15
     c.train.batch_size = 2
     c.train.optimizer = ml_collections.ConfigDict(
-        dict(lr=2e-4, b1=0.5, b2=0.9, eps=1e-4, weight_decay=1e-5, clip_norm=1.0))
+        dict(lr=2e-4, b1=0.5, b2=0.9, eps=1e-4, weight_decay=1e-5, clip_norm=1.0)
+    )
     c.train.checkpoint_every_steps = 200
     c.train.log_every_steps = 10
 
@@ -91,6 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.batch_size = 4
         c.eval.num_heatmaps = 1
     else:
-        raise ValueError(f"unknown config variant {arg!r} for configs/pyramidflow.py; "
-                         "use '', 'paper', 'resnet18' or 'smoke'")
+        raise ValueError(
+            f"unknown config variant {arg!r} for configs/pyramidflow.py; use '', 'paper', 'resnet18' or 'smoke'"
+        )
     return c

@@ -6,6 +6,7 @@ variant, ``--config.x.y=value`` to override any value), ``--workdir``,
 ``--num_processes`` and ``--process_id`` (or the environment variables
 ``jax.distributed.initialize`` reads).
 """
+
 import logging
 
 import jax
@@ -28,7 +29,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
-    absl_logging.set_verbosity(absl_logging.WARNING)     # orbax logs every file it writes at INFO
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
     if FLAGS.coordinator:
         jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     engine.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)

@@ -1,4 +1,5 @@
 """Shared test setup: a persistent compilation cache and the location of the golden data."""
+
 import os
 import pathlib
 

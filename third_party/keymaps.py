@@ -17,10 +17,11 @@ Linear ``(O, I)`` -> ``(I, O)``; norms ``weight``/``bias`` -> ``scale``/``bias``
 ``running_mean``/``running_var`` -> ``batch_stats`` ``mean``/``var``;
 ``num_batches_tracked`` is dropped.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
@@ -50,8 +51,11 @@ def _resnet_path(mod: str):
 
 
 def _effnet_path(mod: str):
-    m = re.fullmatch(r"_blocks\.(\d+)\._(expand_conv|bn0|depthwise_conv|bn1|se_reduce|se_expand|"
-                     r"project_conv|bn2)", mod)
+    m = re.fullmatch(
+        r"_blocks\.(\d+)\._(expand_conv|bn0|depthwise_conv|bn1|se_reduce|se_expand|"
+        r"project_conv|bn2)",
+        mod,
+    )
     if m:
         return (f"blocks_{m[1]}", m[2])
     if mod in ("_conv_stem", "_bn0", "_conv_head", "_bn1", "_fc"):
@@ -59,8 +63,15 @@ def _effnet_path(mod: str):
     return None
 
 
-_POINTMAE_IGNORED = ("MAE_decoder.", "decoder_pos_embed.", "mask_token", "increase_dim.",
-                     "cls_token", "cls_pos", "reduce_dim.")
+_POINTMAE_IGNORED = (
+    "MAE_decoder.",
+    "decoder_pos_embed.",
+    "mask_token",
+    "increase_dim.",
+    "cls_token",
+    "cls_pos",
+    "reduce_dim.",
+)
 
 
 def _pointmae_path(mod: str):
@@ -70,8 +81,7 @@ def _pointmae_path(mod: str):
     m = re.fullmatch(r"pos_embed\.([02])", mod)
     if m:
         return (f"pos_embed_{m[1]}",)
-    m = re.fullmatch(r"blocks\.blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)",
-                     mod)
+    m = re.fullmatch(r"blocks\.blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)", mod)
     if m:
         return (f"blocks_{m[1]}", m[2].replace(".", "_"))
     if mod == "norm":
@@ -81,9 +91,9 @@ def _pointmae_path(mod: str):
 
 def _pointmae_rename(key: str):
     if key.startswith("module."):
-        key = key[len("module."):]
+        key = key[len("module.") :]
     if key.startswith("MAE_encoder."):
-        key = key[len("MAE_encoder."):]
+        key = key[len("MAE_encoder.") :]
     if key.startswith(_POINTMAE_IGNORED):
         return None
     return key
@@ -101,7 +111,7 @@ FAMILIES: dict[str, tuple[Callable, Callable | None, tuple[str, ...]]] = {
 def guess_arch(sd: Mapping[str, np.ndarray]) -> str | None:
     """Best guess of the registry name a state_dict belongs to (for error messages)."""
     keys = [k.replace("module.", "", 1) if k.startswith("module.") else k for k in sd]
-    keys = [k[len("MAE_encoder."):] if k.startswith("MAE_encoder.") else k for k in keys]
+    keys = [k[len("MAE_encoder.") :] if k.startswith("MAE_encoder.") else k for k in keys]
     sd = dict(zip(keys, sd.values()))
     if any(k.startswith(("blocks.blocks.", "encoder.first_conv")) for k in keys):
         return "pointmae"
@@ -116,13 +126,18 @@ def guess_arch(sd: Mapping[str, np.ndarray]) -> str | None:
                 return arch
         return None
     if "layer1.0.conv1.weight" in sd:
-        counts = tuple(1 + max((int(m[1]) for k in keys if (m := re.match(rf"layer{s}\.(\d+)\.", k))),
-                               default=-1) for s in range(1, 5))
+        counts = tuple(
+            1 + max((int(m[1]) for k in keys if (m := re.match(rf"layer{s}\.(\d+)\.", k))), default=-1)
+            for s in range(1, 5)
+        )
         bottleneck = "layer1.0.conv3.weight" in sd
         width = sd["layer1.0.conv1.weight"].shape[0]
         for arch, c in resnet.CONFIGS.items():
-            if c.layers == counts and (c.block == "bottleneck") == bottleneck and (
-                    not bottleneck or width == 64 * c.base_width // 64):
+            if (
+                c.layers == counts
+                and (c.block == "bottleneck") == bottleneck
+                and (not bottleneck or width == 64 * c.base_width // 64)
+            ):
                 return arch
     return None
 
@@ -142,8 +157,7 @@ def _transform(torch_value: np.ndarray, leaf: str, target_shape: tuple) -> np.nd
 
 def template(arch: str) -> dict:
     """Flax variable shapes for ``arch`` (flattened ``{(collection, *path): ShapeDtypeStruct}``)."""
-    opts = ({"num_group": 8, "group_size": 4} if backbones.family(arch) == "pointmae"
-            else {"include_top": True})
+    opts = {"num_group": 8, "group_size": 4} if backbones.family(arch) == "pointmae" else {"include_top": True}
     module, args = backbones.build_module(arch, **opts), backbones.dummy_inputs(arch)
     shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args))
     return traverse_util.flatten_dict(dict(shapes))
@@ -177,8 +191,12 @@ def convert_state_dict(arch: str, sd: Mapping[str, np.ndarray]) -> tuple[dict, d
             unexpected.append(key)
             continue
         if ("params",) + path + ("scale",) in tmpl:  # a norm layer
-            slot = {"weight": ("params", "scale"), "bias": ("params", "bias"),
-                    "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}.get(attr)
+            slot = {
+                "weight": ("params", "scale"),
+                "bias": ("params", "bias"),
+                "running_mean": ("batch_stats", "mean"),
+                "running_var": ("batch_stats", "var"),
+            }.get(attr)
         else:
             slot = {"weight": ("params", "kernel"), "bias": ("params", "bias")}.get(attr)
         if slot is None:
@@ -190,8 +208,10 @@ def convert_state_dict(arch: str, sd: Mapping[str, np.ndarray]) -> tuple[dict, d
             continue
         arr = _transform(value, slot[1], tmpl[target].shape)
         if arr.shape != tuple(tmpl[target].shape):
-            mismatched.append(f"{key}: checkpoint {tuple(np.shape(value))} -> {arr.shape}, "
-                              f"{arch} needs {tuple(tmpl[target].shape)} at {'/'.join(target)}")
+            mismatched.append(
+                f"{key}: checkpoint {tuple(np.shape(value))} -> {arr.shape}, "
+                f"{arch} needs {tuple(tmpl[target].shape)} at {'/'.join(target)}"
+            )
             mis_targets.add(target)
             continue
         filled[target] = arr
@@ -203,16 +223,28 @@ def convert_state_dict(arch: str, sd: Mapping[str, np.ndarray]) -> tuple[dict, d
         has_top = False
     if unexpected or missing or mismatched:
         guess = guess_arch(sd)
-        lines = [f"checkpoint does not match {arch!r}"
-                 + (f" (it looks like {guess!r})" if guess and guess != arch else "") + ":"]
-        for title, items in (("unexpected keys", unexpected), ("shape mismatches", mismatched),
-                             ("missing keys", ["/".join(t) for t in missing])):
+        lines = [
+            f"checkpoint does not match {arch!r}"
+            + (f" (it looks like {guess!r})" if guess and guess != arch else "")
+            + ":"
+        ]
+        for title, items in (
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+            ("missing keys", ["/".join(t) for t in missing]),
+        ):
             if items:
                 shown = items[:8] + ([f"... {len(items) - 8} more"] if len(items) > 8 else [])
                 lines.append(f"  {len(items)} {title}: " + "; ".join(shown))
         raise ConversionError("\n".join(lines))
     variables = traverse_util.unflatten_dict(filled)
     n_params = int(sum(v.size for t, v in filled.items() if t[0] == "params"))
-    report = {"arch": arch, "torch_keys": len(sd), "ignored_keys": len(ignored),
-              "ignored_examples": ignored[:5], "params": n_params, "has_classifier": has_top}
+    report = {
+        "arch": arch,
+        "torch_keys": len(sd),
+        "ignored_keys": len(ignored),
+        "ignored_examples": ignored[:5],
+        "params": n_params,
+        "has_classifier": has_top,
+    }
     return variables, report

@@ -22,6 +22,7 @@ Format facts (torch/serialization.py, torch 1.x and 2.x):
   size, stride, requires_grad, hooks[, metadata])`` (element strides);
   ``nn.Parameter`` by ``_rebuild_parameter(data, requires_grad, hooks)``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -36,9 +37,15 @@ import numpy as np
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 _DTYPES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
     "UntypedStorage": np.uint8,
 }
 
@@ -46,6 +53,7 @@ _DTYPES = {
 def _dtype(name: str):
     if name == "BFloat16Storage":
         import ml_dtypes  # shipped with jax
+
         return np.dtype(ml_dtypes.bfloat16)
     if name not in _DTYPES:
         raise TorchPickleError(f"unsupported tensor storage type torch.{name}")
@@ -98,8 +106,11 @@ class _Tensor:
         if self.offset < 0 or last >= flat.size:
             raise TorchPickleError("tensor view runs past its storage")
         view = np.lib.stride_tricks.as_strided(
-            flat[self.offset:], shape=self.size,
-            strides=tuple(st * flat.itemsize for st in self.stride), writeable=False)
+            flat[self.offset :],
+            shape=self.size,
+            strides=tuple(st * flat.itemsize for st in self.stride),
+            writeable=False,
+        )
         return np.array(view)
 
 
@@ -121,8 +132,7 @@ class _Unpickler(pickle.Unpickler):
             return collections.OrderedDict
         if module.startswith("torch") and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
             return _rebuild_tensor
-        if module.startswith("torch") and name in ("_rebuild_parameter",
-                                                   "_rebuild_parameter_with_state"):
+        if module.startswith("torch") and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
             return _rebuild_parameter
         if module == "torch" and name.endswith("Storage"):
             return _StorageType(name)
@@ -152,8 +162,11 @@ def _resolve(obj):
     if isinstance(obj, _Tensor):
         return obj.materialise()
     if isinstance(obj, dict):
-        return type(obj)((k, _resolve(v)) for k, v in obj.items()) if isinstance(
-            obj, collections.OrderedDict) else {k: _resolve(v) for k, v in obj.items()}
+        return (
+            type(obj)((k, _resolve(v)) for k, v in obj.items())
+            if isinstance(obj, collections.OrderedDict)
+            else {k: _resolve(v) for k, v in obj.items()}
+        )
     if isinstance(obj, list):
         return [_resolve(v) for v in obj]
     if isinstance(obj, tuple):
@@ -199,7 +212,8 @@ def _load_legacy(f: BinaryIO) -> Any:
         if len(raw) != nbytes:
             raise TorchPickleError(f"truncated checkpoint: storage {key} is short")
         st.array = np.frombuffer(raw, dtype=st.dtype.newbyteorder("<" if little else ">")).astype(
-            st.dtype.newbyteorder("="), copy=False)
+            st.dtype.newbyteorder("="), copy=False
+        )
     return _resolve(obj)
 
 

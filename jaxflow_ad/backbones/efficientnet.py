@@ -39,26 +39,47 @@ At the native size both agree. Taps (NHWC): ``stem``, ``block0`` ..
 ``block{N-1}``, ``head`` and, with ``include_top``, ``logits``. Computation stops
 after the deepest tap asked for. BatchNorm uses the frozen running statistics.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 _B0_STAGES = (  # repeats, kernel, stride, expand, in, out
-    (1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
 
 _COEFFS = {
-    **{f"efficientnet-b{i}": c for i, c in enumerate([
-        (1.0, 1.0, 224), (1.0, 1.1, 240), (1.1, 1.2, 260), (1.2, 1.4, 300),
-        (1.4, 1.8, 380), (1.6, 2.2, 456), (1.8, 2.6, 528), (2.0, 3.1, 600)])},
-    **{f"efficientnet-lite{i}": c for i, c in enumerate([
-        (1.0, 1.0, 224), (1.0, 1.1, 240), (1.1, 1.2, 260), (1.2, 1.4, 280), (1.4, 1.8, 300)])},
+    **{
+        f"efficientnet-b{i}": c
+        for i, c in enumerate(
+            [
+                (1.0, 1.0, 224),
+                (1.0, 1.1, 240),
+                (1.1, 1.2, 260),
+                (1.2, 1.4, 300),
+                (1.4, 1.8, 380),
+                (1.6, 2.2, 456),
+                (1.8, 2.6, 528),
+                (2.0, 3.1, 600),
+            ]
+        )
+    },
+    **{
+        f"efficientnet-lite{i}": c
+        for i, c in enumerate([(1.0, 1.0, 224), (1.0, 1.1, 240), (1.1, 1.2, 260), (1.2, 1.4, 280), (1.4, 1.8, 300)])
+    },
 }
 ARCHS = tuple(_COEFFS)
 
@@ -170,14 +191,20 @@ class _MBConv(nn.Module):
     def __call__(self, x):
         b = self.spec
         act = jax.nn.relu6 if self.lite else nn.swish
-        bn = lambda name: nn.BatchNorm(use_running_average=True, epsilon=1e-3, momentum=0.99,
-                                       name=name)
+        bn = lambda name: nn.BatchNorm(use_running_average=True, epsilon=1e-3, momentum=0.99, name=name)
         y = x
         if b.expand != 1:
             y = act(bn("bn0")(nn.Conv(b.hidden, (1, 1), use_bias=False, name="expand_conv")(y)))
         padding = "SAME" if self.pad is None else (self.pad, self.pad)
-        y = nn.Conv(b.hidden, (b.kernel, b.kernel), strides=(b.stride, b.stride), padding=padding,
-                    feature_group_count=b.hidden, use_bias=False, name="depthwise_conv")(y)
+        y = nn.Conv(
+            b.hidden,
+            (b.kernel, b.kernel),
+            strides=(b.stride, b.stride),
+            padding=padding,
+            feature_group_count=b.hidden,
+            use_bias=False,
+            name="depthwise_conv",
+        )(y)
         y = act(bn("bn1")(y))
         if b.se_channels:
             s = jnp.mean(y, axis=(1, 2), keepdims=True)
@@ -197,6 +224,7 @@ class EfficientNet(nn.Module):
     (see the module docstring); ``static_size`` overrides the native resolution
     used by ``"static"``.
     """
+
     arch: str = "efficientnet-b5"
     taps: Sequence[str] | None = None
     include_top: bool = False
@@ -207,19 +235,18 @@ class EfficientNet(nn.Module):
     def __call__(self, x):
         cfg = get_config(self.arch)
         names = ["stem"] + [f"block{b.index}" for b in cfg.blocks] + ["head", "logits"]
-        want = tuple(self.taps) if self.taps is not None else tuple(
-            names if self.include_top else names[:-1])
+        want = tuple(self.taps) if self.taps is not None else tuple(names if self.include_top else names[:-1])
         bad = [t for t in want if t not in names]
         if bad:
-            raise ValueError(f"unknown taps {bad} for {self.arch} (stem, block0..block"
-                             f"{len(cfg.blocks) - 1}, head, logits)")
+            raise ValueError(
+                f"unknown taps {bad} for {self.arch} (stem, block0..block{len(cfg.blocks) - 1}, head, logits)"
+            )
         if self.padding not in ("static", "same"):
             raise ValueError(f"padding must be 'static' or 'same', got {self.padding!r}")
         last = max(names.index(t) for t in want)
         pads = static_pads(cfg, self.static_size or cfg.resolution) if self.padding == "static" else None
         act = jax.nn.relu6 if cfg.lite else nn.swish
-        bn = lambda name: nn.BatchNorm(use_running_average=True, epsilon=1e-3, momentum=0.99,
-                                       name=name)
+        bn = lambda name: nn.BatchNorm(use_running_average=True, epsilon=1e-3, momentum=0.99, name=name)
         out = {}
 
         def keep(name, v):

@@ -47,6 +47,7 @@ linear and separable, so :func:`pool_grid` applies them as two small matrices.
 M3DM computes ``d2`` as ``-2 a.b + |a|^2 + |b|^2`` in float32 (``distance=
 "expanded"``, the default); ``"direct"`` uses differences (better conditioned).
 """
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,13 @@ def _sqdist_to(points: jax.Array, p: jax.Array) -> jax.Array:
     return (dx * dx + dy * dy) + dz * dz
 
 
-def farthest_point_sample(points: jax.Array, num_samples: int, valid: jax.Array | None = None,
-                          tie_break: str = "cuda", num_threads: int | None = None) -> jax.Array:
+def farthest_point_sample(
+    points: jax.Array,
+    num_samples: int,
+    valid: jax.Array | None = None,
+    tie_break: str = "cuda",
+    num_threads: int | None = None,
+) -> jax.Array:
     """Indices (int32, ``(num_samples,)``) of farthest point sampling of ``points[N, 3]``.
 
     ``valid``: optional bool mask (padding); invalid points are treated like the
@@ -142,16 +148,20 @@ def knn(ref: jax.Array, query: jax.Array, k: int, valid: jax.Array | None = None
     return lax.top_k(-d, k)[1].astype(jnp.int32)
 
 
-def group_points(points: jax.Array, num_group: int, group_size: int,
-                 valid: jax.Array | None = None, tie_break: str = "cuda",
-                 num_threads: int | None = None) -> dict[str, jax.Array]:
+def group_points(
+    points: jax.Array,
+    num_group: int,
+    group_size: int,
+    valid: jax.Array | None = None,
+    tie_break: str = "cuda",
+    num_threads: int | None = None,
+) -> dict[str, jax.Array]:
     """FPS centres + KNN neighbourhoods of one cloud ``points[N,3]`` (Point-MAE's ``Group``)."""
     center_idx = farthest_point_sample(points, num_group, valid, tie_break, num_threads)
     center = points[center_idx]
     knn_idx = knn(points, center, group_size, valid)
     neighborhood = points[knn_idx] - center[:, None, :]
-    return {"center_idx": center_idx, "center": center, "knn_idx": knn_idx,
-            "neighborhood": neighborhood}
+    return {"center_idx": center_idx, "center": center, "knn_idx": knn_idx, "neighborhood": neighborhood}
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -162,6 +172,7 @@ class BatchStatNorm(nn.Module):
     checkpoint's running statistics, used only when ``use_running_average``.
     Nothing is updated: apply needs no mutable collection.
     """
+
     epsilon: float = 1e-5
     use_running_average: bool = False
 
@@ -187,6 +198,7 @@ def _gelu(x):
 
 class MiniPointNet(nn.Module):
     """Point-MAE's patch embedding: ``neighborhood[G, M, 3] -> tokens[G, C]``."""
+
     dim: int = 384
     use_running_average: bool = False
     precision: Any = None
@@ -217,12 +229,11 @@ class _Block(nn.Module):
         g, d = x.shape[0], self.dim
         hd = d // self.heads
         ln = lambda name: nn.LayerNorm(epsilon=1e-5, name=name)
-        dense = lambda f, name, bias=True: nn.Dense(f, use_bias=bias, precision=self.precision,
-                                                    name=name)
+        dense = lambda f, name, bias=True: nn.Dense(f, use_bias=bias, precision=self.precision, name=name)
         h = ln("norm1")(x)
         qkv = dense(3 * d, "attn_qkv", bias=False)(h).reshape(g, 3, self.heads, hd)
         q, k, v = (jnp.transpose(qkv[:, i], (1, 0, 2)) for i in range(3))  # (heads, G, hd)
-        a = jnp.einsum("hqd,hkd->hqk", q, k, precision=self.precision) * (hd ** -0.5)
+        a = jnp.einsum("hqd,hkd->hqk", q, k, precision=self.precision) * (hd**-0.5)
         a = jax.nn.softmax(a, axis=-1)
         o = jnp.einsum("hqk,hkd->qhd", a, v, precision=self.precision).reshape(g, d)
         x = x + dense(d, "attn_proj")(o)
@@ -240,6 +251,7 @@ class PointMAEEncoder(nn.Module):
     batch, ``jax.vmap`` the apply (BatchNorm statistics stay per cloud, as the
     batch-1 reference computes them).
     """
+
     num_group: int = 1024
     group_size: int = 128
     dim: int = 384
@@ -252,10 +264,8 @@ class PointMAEEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, points, valid=None):
-        out = group_points(points, self.num_group, self.group_size, valid, self.tie_break,
-                           self.num_threads)
-        tokens = MiniPointNet(self.dim, self.use_running_average, self.precision,
-                              name="encoder")(out["neighborhood"])
+        out = group_points(points, self.num_group, self.group_size, valid, self.tie_break, self.num_threads)
+        tokens = MiniPointNet(self.dim, self.use_running_average, self.precision, name="encoder")(out["neighborhood"])
         p = nn.Dense(128, precision=self.precision, name="pos_embed_0")(out["center"])
         pos = nn.Dense(self.dim, precision=self.precision, name="pos_embed_2")(_gelu(p))
         out.update(tokens=tokens, pos=pos)
@@ -271,8 +281,9 @@ class PointMAEEncoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- to the grid
-def three_nn_interpolate(points: jax.Array, centers: jax.Array, features: jax.Array,
-                         distance: str = "expanded") -> tuple[jax.Array, jax.Array, jax.Array]:
+def three_nn_interpolate(
+    points: jax.Array, centers: jax.Array, features: jax.Array, distance: str = "expanded"
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """M3DM's ``interpolating_points`` for one cloud: returns ``(values[N,C], idx[N,3], weight[N,3])``.
 
     ``distance="expanded"`` computes ``d2 = -2 p.c + |p|^2 + |c|^2`` in float32 as
@@ -284,8 +295,8 @@ def three_nn_interpolate(points: jax.Array, centers: jax.Array, features: jax.Ar
     c = jnp.asarray(centers, jnp.float32)
     if distance == "expanded":
         d2 = -2.0 * jnp.matmul(p, c.T, precision=lax.Precision.HIGHEST)
-        d2 = d2 + jnp.sum(p ** 2, -1)[:, None]
-        d2 = d2 + jnp.sum(c ** 2, -1)[None, :]
+        d2 = d2 + jnp.sum(p**2, -1)[:, None]
+        d2 = d2 + jnp.sum(c**2, -1)[None, :]
     elif distance == "direct":
         d2 = jnp.zeros((p.shape[0], c.shape[0]), jnp.float32)
         for k in range(3):
@@ -300,8 +311,9 @@ def three_nn_interpolate(points: jax.Array, centers: jax.Array, features: jax.Ar
     return values, idx.astype(jnp.int32), w
 
 
-def scatter_to_grid(values: jax.Array, flat_index: jax.Array, height: int, width: int,
-                    valid: jax.Array | None = None) -> jax.Array:
+def scatter_to_grid(
+    values: jax.Array, flat_index: jax.Array, height: int, width: int, valid: jax.Array | None = None
+) -> jax.Array:
     """Put per-point ``values[N,C]`` at row-major pixels ``flat_index`` of a zero ``(H,W,C)`` grid."""
     if valid is not None:
         values = jnp.where(valid[:, None], values, 0.0)
@@ -319,7 +331,7 @@ def pool_matrix(length: int, size: int) -> np.ndarray:
     inner = length - 2
     box = np.zeros((inner, length), np.float64)
     for i in range(inner):
-        box[i, i:i + 3] = 1.0 / 3.0
+        box[i, i : i + 3] = 1.0 / 3.0
     adapt = np.zeros((size, inner), np.float64)
     for i in range(size):
         a, b = (i * inner) // size, -(-((i + 1) * inner) // size)
@@ -347,8 +359,9 @@ def compact_cloud(cloud: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return flat[order], ok[order], order.astype(jnp.int32)
 
 
-def cloud_feature_map(module: PointMAEEncoder, variables, cloud: jax.Array, size: int = 24,
-                      distance: str = "expanded") -> dict[str, jax.Array]:
+def cloud_feature_map(
+    module: PointMAEEncoder, variables, cloud: jax.Array, size: int = 24, distance: str = "expanded"
+) -> dict[str, jax.Array]:
     """M3DM/MADFlow point branch on one organised cloud ``[H,W,3]``: encoder, 3-NN, grid, pools.
 
     Returns the encoder dict plus ``dense (H,W,C)`` and ``pooled (size,size,C)``.

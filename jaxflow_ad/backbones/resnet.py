@@ -27,10 +27,11 @@ n/(n-1)): outputs in train mode agree, drifted running statistics differ slightl
 Parameter names follow torchvision's so the key map in ``third_party`` is
 mechanical: ``conv1``, ``bn1``, ``layer{s}_{b}/{conv1,bn1,...,downsample_conv,downsample_bn}``, ``fc``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ TAPS = ("stem", "maxpool", "layer1", "layer2", "layer3", "layer4", "logits")
 
 @dataclass(frozen=True)
 class ResNetConfig:
-    block: str              # "basic" or "bottleneck"
+    block: str  # "basic" or "bottleneck"
     layers: tuple[int, ...]
     base_width: int = 64
 
@@ -50,8 +51,15 @@ class ResNetConfig:
 
     def channels(self) -> dict[str, int]:
         e = self.expansion
-        return {"stem": 64, "maxpool": 64, "layer1": 64 * e, "layer2": 128 * e,
-                "layer3": 256 * e, "layer4": 512 * e, "logits": 1000}
+        return {
+            "stem": 64,
+            "maxpool": 64,
+            "layer1": 64 * e,
+            "layer2": 128 * e,
+            "layer3": 256 * e,
+            "layer4": 512 * e,
+            "logits": 1000,
+        }
 
 
 CONFIGS = {
@@ -65,8 +73,7 @@ STRIDES = {"stem": 2, "maxpool": 4, "layer1": 4, "layer2": 8, "layer3": 16, "lay
 
 def _conv(features: int, k: int, stride: int, name: str) -> nn.Conv:
     p = (k - 1) // 2  # torch's symmetric padding, not "SAME"
-    return nn.Conv(features, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
-                   use_bias=False, name=name)
+    return nn.Conv(features, (k, k), strides=(stride, stride), padding=((p, p), (p, p)), use_bias=False, name=name)
 
 
 class _Block(nn.Module):
@@ -79,8 +86,9 @@ class _Block(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        bn = lambda name: nn.BatchNorm(use_running_average=self.use_running_average,
-                                       momentum=0.9, epsilon=1e-5, name=name)
+        bn = lambda name: nn.BatchNorm(
+            use_running_average=self.use_running_average, momentum=0.9, epsilon=1e-5, name=name
+        )
         if self.kind == "basic":
             out_ch = self.planes
             y = nn.relu(bn("bn1")(_conv(self.planes, 3, self.stride, "conv1")(x)))
@@ -102,6 +110,7 @@ class ResNet(nn.Module):
     ``taps``: the names to return (default: every tap up to ``layer4``, plus
     ``logits`` when ``include_top``); computation stops after the deepest one asked for.
     """
+
     arch: str = "resnet18"
     taps: Sequence[str] | None = None
     include_top: bool = False
@@ -110,8 +119,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = CONFIGS[self.arch]
-        want = tuple(self.taps) if self.taps is not None else (
-            TAPS if self.include_top else TAPS[:-1])
+        want = tuple(self.taps) if self.taps is not None else (TAPS if self.include_top else TAPS[:-1])
         bad = [t for t in want if t not in TAPS]
         if bad:
             raise ValueError(f"unknown ResNet taps {bad}; choose from {TAPS}")
@@ -123,10 +131,8 @@ class ResNet(nn.Module):
                 out[name] = v
             return TAPS.index(name) >= last
 
-        x = nn.Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                    name="conv1")(x)
-        x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=0.9,
-                         epsilon=1e-5, name="bn1")(x)
+        x = nn.Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False, name="conv1")(x)
+        x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=0.9, epsilon=1e-5, name="bn1")(x)
         x = nn.relu(x)
         if keep("stem", x):
             return out
@@ -135,12 +141,19 @@ class ResNet(nn.Module):
             return out
         in_ch = 64
         for s, n in enumerate(cfg.layers):
-            planes = 64 * 2 ** s
+            planes = 64 * 2**s
             for b in range(n):
                 stride = 2 if (s > 0 and b == 0) else 1
                 project = b == 0 and (stride != 1 or in_ch != planes * cfg.expansion)
-                x = _Block(planes, stride, cfg.block, cfg.base_width, project,
-                           self.use_running_average, name=f"layer{s + 1}_{b}")(x)
+                x = _Block(
+                    planes,
+                    stride,
+                    cfg.block,
+                    cfg.base_width,
+                    project,
+                    self.use_running_average,
+                    name=f"layer{s + 1}_{b}",
+                )(x)
                 in_ch = planes * cfg.expansion
             if keep(f"layer{s + 1}", x):
                 return out

@@ -13,11 +13,13 @@ Arrays are stored as float32 NumPy arrays in Flax layout (HWIO kernels,
 because one file is easy to copy next to a config and reads in well under a
 second without any checkpoint manager.
 """
+
 from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -37,14 +39,14 @@ def weights_path(path: str | pathlib.Path) -> pathlib.Path:
     return p if p.suffix == SUFFIX else p.with_name(p.name + SUFFIX)
 
 
-def save_weights(path: str | pathlib.Path, arch: str, variables: Mapping[str, Any],
-                 meta: Mapping[str, Any] | None = None) -> pathlib.Path:
+def save_weights(
+    path: str | pathlib.Path, arch: str, variables: Mapping[str, Any], meta: Mapping[str, Any] | None = None
+) -> pathlib.Path:
     """Write ``variables`` for ``arch`` to ``path`` (suffix ``.msgpack`` added if absent)."""
     p = weights_path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tree = jax.tree_util.tree_map(lambda a: np.asarray(a), dict(variables))
-    blob = {"format": FORMAT, "arch": arch, "meta": json.dumps(dict(meta or {}), sort_keys=True),
-            "variables": tree}
+    blob = {"format": FORMAT, "arch": arch, "meta": json.dumps(dict(meta or {}), sort_keys=True), "variables": tree}
     tmp = p.with_name(p.name + ".tmp")
     tmp.write_bytes(serialization.msgpack_serialize(blob))
     tmp.replace(p)
@@ -67,7 +69,8 @@ def load_weights(path: str | pathlib.Path, arch: str | None = None) -> tuple[dic
         raise WeightsError(
             f"{p} is a raw checkpoint, not converted Flax weights. Convert it once with "
             f"`python -m third_party.convert --arch {arch or '<arch>'} --src {p} --dst weights/<name>` "
-            "and point the config at the .msgpack file it writes.")
+            "and point the config at the .msgpack file it writes."
+        )
     try:
         blob = serialization.msgpack_restore(p.read_bytes())
     except Exception as e:  # msgpack raises several unrelated types
@@ -77,7 +80,8 @@ def load_weights(path: str | pathlib.Path, arch: str | None = None) -> tuple[dic
     if arch is not None and blob["arch"] != arch:
         raise WeightsError(
             f"{p} holds weights for {blob['arch']!r}, but the config asks for {arch!r}; "
-            "set config.model.backbone.arch to match or convert the right checkpoint.")
+            "set config.model.backbone.arch to match or convert the right checkpoint."
+        )
     meta = json.loads(blob.get("meta") or "{}")
     meta["arch"] = blob["arch"]
     return blob["variables"], meta

@@ -11,6 +11,7 @@ Quick start::
 The tensorflow-datasets builder lives in ``jaxflow_ad.data.tfds_mvtec`` and is
 imported lazily (``data.MvtecLayout``), so importing this package stays cheap.
 """
+
 from .augment import flip_rot90
 from .mvtec import (
     IMAGE_EXTENSIONS,
@@ -36,8 +37,7 @@ from .synthetic import (
     render_sample,
 )
 
-_LAZY = {"MvtecLayout": "tfds_mvtec", "MvtecLayoutConfig": "tfds_mvtec",
-         "build_tfds": "tfds_mvtec"}
+_LAZY = {"MvtecLayout": "tfds_mvtec", "MvtecLayoutConfig": "tfds_mvtec", "build_tfds": "tfds_mvtec"}
 
 
 def __getattr__(name):
@@ -55,10 +55,28 @@ def is_texture(category: str) -> bool:
 
 
 __all__ = [
-    "BUILTIN_CATEGORIES", "DEFECT_KINDS", "DatasetError", "IMAGE_EXTENSIONS",
-    "MVTEC_CATEGORIES", "MVTEC_TEXTURE_CATEGORIES", "MvtecLayout",
-    "MvtecLayoutConfig", "OBJECT_CATEGORIES", "Record", "Sample", "Split",
-    "TEXTURE_CATEGORIES", "build_tfds", "default_root", "ensure_builtin",
-    "flip_rot90", "is_texture", "list_categories", "load_split", "read_image",
-    "read_mask", "render_sample", "scan_split",
+    "BUILTIN_CATEGORIES",
+    "DEFECT_KINDS",
+    "DatasetError",
+    "IMAGE_EXTENSIONS",
+    "MVTEC_CATEGORIES",
+    "MVTEC_TEXTURE_CATEGORIES",
+    "MvtecLayout",
+    "MvtecLayoutConfig",
+    "OBJECT_CATEGORIES",
+    "Record",
+    "Sample",
+    "Split",
+    "TEXTURE_CATEGORIES",
+    "build_tfds",
+    "default_root",
+    "ensure_builtin",
+    "flip_rot90",
+    "is_texture",
+    "list_categories",
+    "load_split",
+    "read_image",
+    "read_mask",
+    "render_sample",
+    "scan_split",
 ]

@@ -57,6 +57,7 @@ paper describes: a crop fully inside the image with both sides in
 ``[0.8, 0.9]`` of the image side, not rotated, pasted at a different position
 fully inside the image.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,7 +65,8 @@ import functools
 import glob
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -117,7 +119,7 @@ class SynthConfig:
             raise ValueError(f"perlin_scale_exponents must be (lo, hi) with lo < hi, got {self.perlin_scale_exponents}")
 
     @classmethod
-    def from_config(cls, config: Any) -> "SynthConfig":
+    def from_config(cls, config: Any) -> SynthConfig:
         """From ``None``, a ``SynthConfig``, a dict or an ``ml_collections.ConfigDict``."""
         if config is None:
             return cls()
@@ -370,9 +372,7 @@ def _warp_about_top_left(patch: np.ndarray, angle: float) -> np.ndarray:
     return out
 
 
-def large_cutpaste(
-    image: np.ndarray, rng: np.random.Generator, config: Any = None
-) -> tuple[np.ndarray, np.ndarray]:
+def large_cutpaste(image: np.ndarray, rng: np.random.Generator, config: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """FAIR's large CutPaste: ``(augmented [H, W, C], mask [H, W])`` (see module docstring for the modes)."""
     cfg = SynthConfig.from_config(config)
     h, w = image.shape[:2]
@@ -380,6 +380,7 @@ def large_cutpaste(
     out = image.copy()
     mask = np.zeros((h, w), np.float32)
     if cfg.cutpaste_mode == "official":
+
         def side() -> int:  # randrange(round(0.8 h), round(0.9 h)), made even; the code uses h for both sides
             n = int(rng.integers(round(h * lo), max(round(h * hi), round(h * lo) + 1)))
             return n - (n % 2)

@@ -1,4 +1,5 @@
 """Augmentation in pure NumPy, driven by an explicit ``np.random.Generator``."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +7,7 @@ import numpy as np
 __all__ = ["flip_rot90"]
 
 
-def flip_rot90(images: np.ndarray, rng: np.random.Generator, p: float = 0.5,
-               masks: np.ndarray | None = None):
+def flip_rot90(images: np.ndarray, rng: np.random.Generator, p: float = 0.5, masks: np.ndarray | None = None):
     """Random horizontal flip, vertical flip and 90-degree rotation per image.
 
     The texture augmentation of PyramidFlow's official code (albumentations

@@ -17,6 +17,7 @@ and the fix; nothing is skipped silently. The only files ignored are hidden
 ones (names starting with ``.``) and loose files directly under the root or a
 category folder (the archive ships ``license.txt`` and ``readme.txt`` there).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -24,6 +25,7 @@ import dataclasses
 import os
 import pathlib
 import re
+
 import numpy as np
 from PIL import Image
 
@@ -44,8 +46,20 @@ __all__ = [
 # The 15 categories of the public MVTec AD archive and its 5 texture classes
 # (the ones PyramidFlow's official code augments with flips and rot90).
 MVTEC_CATEGORIES = (
-    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather",
-    "metal_nut", "pill", "screw", "tile", "toothbrush", "transistor", "wood",
+    "bottle",
+    "cable",
+    "capsule",
+    "carpet",
+    "grid",
+    "hazelnut",
+    "leather",
+    "metal_nut",
+    "pill",
+    "screw",
+    "tile",
+    "toothbrush",
+    "transistor",
+    "wood",
     "zipper",
 )
 MVTEC_TEXTURE_CATEGORIES = ("carpet", "grid", "leather", "tile", "wood")
@@ -69,8 +83,8 @@ class Record:
     """One sample found on disk, before any pixel is read."""
 
     split: str
-    defect_type: str          # "good" or the defect folder name
-    stem: str                 # file name without extension
+    defect_type: str  # "good" or the defect folder name
+    stem: str  # file name without extension
     image_path: pathlib.Path
     mask_path: pathlib.Path | None  # None for good images
 
@@ -111,8 +125,7 @@ class Split:
     @property
     def keys(self) -> list[tuple[str, str, str]]:
         """Unique ``(split, defect_type, stem)`` per sample."""
-        return [(self.split, d, pathlib.Path(p).stem)
-                for d, p in zip(self.defect_types, self.paths)]
+        return [(self.split, d, pathlib.Path(p).stem) for d, p in zip(self.defect_types, self.paths)]
 
     def masks_at(self, size: int, threshold: float = 0.5) -> np.ndarray:
         """Masks resized to ``[N, size, size]`` bool.
@@ -145,8 +158,7 @@ class Split:
 
 def _natural_key(name: str):
     """'2' < '10', and a total order on any string."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t)
-            for t in re.split(r"(\d+)", name)]
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
 
 
 def _is_hidden(p: pathlib.Path) -> bool:
@@ -163,16 +175,19 @@ def _image_files(folder: pathlib.Path, what: str) -> dict[str, pathlib.Path]:
             raise DatasetError(
                 f"Unexpected folder {p} inside the {what} folder {folder}: the "
                 "MVTec AD layout has only image files there. Move it out of "
-                "the dataset.")
+                "the dataset."
+            )
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
             raise DatasetError(
                 f"Unexpected file {p}: only images with extensions "
                 f"{', '.join(IMAGE_EXTENSIONS)} (any case) may be in {folder}. "
-                "Remove or rename the file.")
+                "Remove or rename the file."
+            )
         if p.stem in files:
             raise DatasetError(
                 f"Two files with the same stem {p.stem!r} in {folder}: "
-                f"{files[p.stem].name} and {p.name}. Keep only one.")
+                f"{files[p.stem].name} and {p.name}. Keep only one."
+            )
         files[p.stem] = p
     return files
 
@@ -184,14 +199,16 @@ def _category_dir(root: str | os.PathLike, category: str) -> pathlib.Path:
             f"Dataset root {root} does not exist or is not a folder. Pass the "
             "folder that holds one sub-folder per category (for MVTec AD, the "
             "folder where the archive was extracted; for the built-in set, "
-            "the path returned by jaxflow_ad.data.ensure_builtin()).")
+            "the path returned by jaxflow_ad.data.ensure_builtin())."
+        )
     cat_dir = root / category
     if not cat_dir.is_dir():
         found = list_categories(root)
         raise DatasetError(
             f"Category {category!r} not found: {cat_dir} is not a folder. "
             f"Categories under {root}: {', '.join(found) if found else 'none'}. "
-            "Fix the category name or the root.")
+            "Fix the category name or the root."
+        )
     return cat_dir
 
 
@@ -201,22 +218,24 @@ def list_categories(root: str | os.PathLike) -> list[str]:
     if not root.is_dir():
         raise DatasetError(
             f"Dataset root {root} does not exist or is not a folder. Pass the "
-            "folder that holds one sub-folder per category.")
+            "folder that holds one sub-folder per category."
+        )
     return sorted(
-        p.name for p in root.iterdir()
-        if p.is_dir() and not _is_hidden(p)
-        and ((p / "train").is_dir() or (p / "test").is_dir()))
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not _is_hidden(p) and ((p / "train").is_dir() or (p / "test").is_dir())
+    )
 
 
-def _find_mask(gt_dir: pathlib.Path, stem: str,
-               masks: dict[str, pathlib.Path]) -> pathlib.Path | None:
+def _find_mask(gt_dir: pathlib.Path, stem: str, masks: dict[str, pathlib.Path]) -> pathlib.Path | None:
     with_suffix = masks.get(stem + MASK_SUFFIX)
     plain = masks.get(stem)
     if with_suffix is not None and plain is not None:
         raise DatasetError(
             f"Two masks for the image stem {stem!r} in {gt_dir}: "
             f"{with_suffix.name} and {plain.name}. Keep only "
-            f"{stem}{MASK_SUFFIX}.png.")
+            f"{stem}{MASK_SUFFIX}.png."
+        )
     return with_suffix if with_suffix is not None else plain
 
 
@@ -230,7 +249,8 @@ def scan_split(root: str | os.PathLike, category: str, split: str) -> list[Recor
     if not split_dir.is_dir():
         raise DatasetError(
             f"Missing folder {split_dir}: a category in the MVTec AD layout "
-            f"needs {split}/good/ with images. Check the root and category.")
+            f"needs {split}/good/ with images. Check the root and category."
+        )
     records: list[Record] = []
     for sub in sorted(split_dir.iterdir(), key=lambda p: _natural_key(p.name)):
         if _is_hidden(sub):
@@ -238,13 +258,15 @@ def scan_split(root: str | os.PathLike, category: str, split: str) -> list[Recor
         if not sub.is_dir():
             raise DatasetError(
                 f"Unexpected file {sub}: {split_dir} must hold only folders "
-                "(good/ and, for test, one folder per defect type). Move it.")
+                "(good/ and, for test, one folder per defect type). Move it."
+            )
         defect = sub.name
         if split == "train" and defect != GOOD:
             raise DatasetError(
                 f"Unexpected folder {sub}: the training split holds only "
                 f"defect-free images in {split_dir / GOOD}. Move {defect}/ "
-                "under test/ (with masks under ground_truth/) or remove it.")
+                "under test/ (with masks under ground_truth/) or remove it."
+            )
         images = _image_files(sub, f"{split}/{defect}")
         masks: dict[str, pathlib.Path] = {}
         gt_dir = cat_dir / "ground_truth" / defect
@@ -253,7 +275,8 @@ def scan_split(root: str | os.PathLike, category: str, split: str) -> list[Recor
                 raise DatasetError(
                     f"Missing mask folder {gt_dir} for the defect images in "
                     f"{sub}. Every image test/{defect}/<stem>.png needs "
-                    f"ground_truth/{defect}/<stem>{MASK_SUFFIX}.png.")
+                    f"ground_truth/{defect}/<stem>{MASK_SUFFIX}.png."
+                )
             masks = _image_files(gt_dir, f"ground_truth/{defect}")
         used: set[str] = set()
         for stem in sorted(images, key=_natural_key):
@@ -264,7 +287,8 @@ def scan_split(root: str | os.PathLike, category: str, split: str) -> list[Recor
                     raise DatasetError(
                         f"No mask for the defect image {images[stem]}: expected "
                         f"{gt_dir / (stem + MASK_SUFFIX + '.png')}. Add the "
-                        "mask or move the image out of the dataset.")
+                        "mask or move the image out of the dataset."
+                    )
                 used.add(mask_path.stem)
             records.append(Record(split, defect, stem, images[stem], mask_path))
         orphans = sorted(set(masks) - used, key=_natural_key)
@@ -273,12 +297,14 @@ def scan_split(root: str | os.PathLike, category: str, split: str) -> list[Recor
                 f"Mask {masks[orphans[0]]} has no image "
                 f"{sub / (orphans[0].removesuffix(MASK_SUFFIX) + '.png')}"
                 f"{f' ({len(orphans)} orphan masks in {gt_dir})' if len(orphans) > 1 else ''}. "
-                "Add the image or remove the mask.")
+                "Add the image or remove the mask."
+            )
     if not records:
         raise DatasetError(
             f"The {split} split of {category!r} is empty: no images under "
             f"{split_dir}. Put images in {split_dir / GOOD}"
-            f"{' and defect folders' if split == 'test' else ''}.")
+            f"{' and defect folders' if split == 'test' else ''}."
+        )
     return records
 
 
@@ -294,7 +320,8 @@ def _open(path: pathlib.Path, what: str) -> Image.Image:
         raise DatasetError(
             f"Cannot read the {what} {path}: {type(e).__name__}: {e}. The file "
             "is corrupt, truncated or not an image; replace it with a good "
-            "copy (re-extract the archive) or remove it.") from e
+            "copy (re-extract the archive) or remove it."
+        ) from e
     return im
 
 
@@ -332,13 +359,14 @@ def _load_one(rec: Record, image_size: int | None):
             raise DatasetError(
                 f"Mask {rec.mask_path} is {mask.shape[1]}x{mask.shape[0]} "
                 f"(WxH) but its image {rec.image_path} is {native[1]}x{native[0]}. "
-                "A mask must have its image's size; regenerate or replace it.")
+                "A mask must have its image's size; regenerate or replace it."
+            )
     return arr, mask
 
 
-def load_split(root: str | os.PathLike, category: str, split: str,
-               image_size: int | None = 256, *,
-               num_workers: int | None = None) -> Split:
+def load_split(
+    root: str | os.PathLike, category: str, split: str, image_size: int | None = 256, *, num_workers: int | None = None
+) -> Split:
     """Read one split of one category into memory.
 
     Args:
@@ -354,10 +382,8 @@ def load_split(root: str | os.PathLike, category: str, split: str,
     Raises:
       DatasetError: on any missing, unreadable or inconsistent file.
     """
-    if image_size is not None and (not isinstance(image_size, (int, np.integer))
-                                   or image_size < 1):
-        raise DatasetError(
-            f"image_size must be a positive int or None, got {image_size!r}.")
+    if image_size is not None and (not isinstance(image_size, (int, np.integer)) or image_size < 1):
+        raise DatasetError(f"image_size must be a positive int or None, got {image_size!r}.")
     records = scan_split(root, category, split)
     workers = num_workers or min(8, os.cpu_count() or 1)
     if workers > 1 and len(records) > 1:
@@ -373,7 +399,8 @@ def load_split(root: str | os.PathLike, category: str, split: str,
                     f"Images of {category}/{split} differ in size: "
                     f"{rec.image_path} is {a.shape[1]}x{a.shape[0]}, "
                     f"{records[0].image_path} is {first[1]}x{first[0]}. Pass "
-                    "image_size=S to resize them all to SxS.")
+                    "image_size=S to resize them all to SxS."
+                )
     n = len(records)
     images = np.empty((n,) + loaded[0][0].shape, dtype=np.float32)
     for i, (a, _) in enumerate(loaded):
@@ -387,4 +414,3 @@ def load_split(root: str | os.PathLike, category: str, split: str,
         split=split,
         category=category,
     )
-

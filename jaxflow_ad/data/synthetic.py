@@ -33,8 +33,10 @@ Randomness: every sample draws from ``np.random.default_rng`` seeded with
 (category, split, defect type, index), so any single sample can be rendered
 alone and the whole set is identical on every run.
 """
+
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -44,8 +46,8 @@ import shutil
 import tempfile
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from concurrent import futures
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -103,7 +105,7 @@ def default_root() -> pathlib.Path:
 # Source material (cached per process)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name: str) -> np.ndarray:
     """A scikit-image sample photograph as float32 in [0, 1] (read-only)."""
     import skimage.data  # local: only the generator needs scikit-image
@@ -113,7 +115,7 @@ def _photo(name: str) -> np.ndarray:
     return a
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _grid() -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:_S, 0:_S].astype(np.float32)
     yy.setflags(write=False)
@@ -133,16 +135,16 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
 
 @dataclasses.dataclass
 class _Scene:
-    image: np.ndarray               # float32 [S, S, 3], no noise
-    alpha: np.ndarray               # float32 [S, S] object coverage (textures: 1)
-    background: np.ndarray | None   # float32 [S, S, 3] (objects only)
-    params: dict                    # what the renderer drew (for defects)
+    image: np.ndarray  # float32 [S, S, 3], no noise
+    alpha: np.ndarray  # float32 [S, S] object coverage (textures: 1)
+    background: np.ndarray | None  # float32 [S, S, 3] (objects only)
+    params: dict  # what the renderer drew (for defects)
 
 
 def _render_gravel(rng: np.random.Generator) -> _Scene:
     g = _photo("gravel")
     y0, x0 = rng.integers(0, g.shape[0] - _S + 1), rng.integers(0, g.shape[1] - _S + 1)
-    crop = g[y0:y0 + _S, x0:x0 + _S]
+    crop = g[y0 : y0 + _S, x0 : x0 + _S]
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     if rng.random() < 0.5:
@@ -155,7 +157,7 @@ def _render_gravel(rng: np.random.Generator) -> _Scene:
 
 
 _WEAVE_PERIOD = 18.0
-_WEAVE_HALF = 0.37            # half thread width, in periods
+_WEAVE_HALF = 0.37  # half thread width, in periods
 _WEAVE_WARP = np.array([0.80, 0.72, 0.56], np.float32)
 _WEAVE_WEFT = np.array([0.70, 0.66, 0.55], np.float32)
 _WEAVE_GAP = np.array([0.16, 0.13, 0.10], np.float32)
@@ -183,7 +185,7 @@ def _weave_pattern(xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
 def _weave_detail(rng: np.random.Generator) -> np.ndarray:
     g = _photo("grass")
     y0, x0 = rng.integers(0, g.shape[0] - _S + 1), rng.integers(0, g.shape[1] - _S + 1)
-    crop = g[y0:y0 + _S, x0:x0 + _S]
+    crop = g[y0 : y0 + _S, x0 : x0 + _S]
     return (crop - crop.mean()) / (crop.std() + 1e-6)
 
 
@@ -196,12 +198,10 @@ def _render_weave(rng: np.random.Generator) -> _Scene:
     gx, gy = rng.uniform(-0.04, 0.04, 2)
     light = bright * (1 + gx * (xx / _S - 0.5) + gy * (yy / _S - 0.5)) * (1 + 0.07 * detail)
     img = img * light[..., None]
-    return _Scene(np.clip(img, 0, 1), np.ones((_S, _S), np.float32), None,
-                  {"ox": ox, "oy": oy, "light": light})
+    return _Scene(np.clip(img, 0, 1), np.ones((_S, _S), np.float32), None, {"ox": ox, "oy": oy, "light": light})
 
 
-def _warp_sprite(sprite_rgb_premult: np.ndarray, sprite_alpha: np.ndarray,
-                 angle_deg: float, dy: float, dx: float):
+def _warp_sprite(sprite_rgb_premult: np.ndarray, sprite_alpha: np.ndarray, angle_deg: float, dy: float, dx: float):
     """Rotate about the centre and shift (bilinear, zero outside): returns
     (premultiplied rgb, alpha)."""
     yy, xx = _grid()
@@ -211,12 +211,13 @@ def _warp_sprite(sprite_rgb_premult: np.ndarray, sprite_alpha: np.ndarray,
     sy = np.cos(t) * ys - np.sin(t) * xs + c
     sx = np.sin(t) * ys + np.cos(t) * xs + c
     src = np.concatenate([sprite_rgb_premult, sprite_alpha[..., None]], -1)
-    src = np.pad(src, ((1, 1), (1, 1), (0, 0)))              # zeros outside
+    src = np.pad(src, ((1, 1), (1, 1), (0, 0)))  # zeros outside
     sy, sx = np.clip(sy + 1, 0, _S), np.clip(sx + 1, 0, _S)
     y0, x0 = np.minimum(np.floor(sy).astype(np.int32), _S), np.minimum(np.floor(sx).astype(np.int32), _S)
     fy, fx = (sy - y0)[..., None], (sx - x0)[..., None]
-    out = ((src[y0, x0] * (1 - fx) + src[y0, x0 + 1] * fx) * (1 - fy)
-           + (src[y0 + 1, x0] * (1 - fx) + src[y0 + 1, x0 + 1] * fx) * fy)
+    out = (src[y0, x0] * (1 - fx) + src[y0, x0 + 1] * fx) * (1 - fy) + (
+        src[y0 + 1, x0] * (1 - fx) + src[y0 + 1, x0 + 1] * fx
+    ) * fy
     return out[..., :3], np.clip(out[..., 3], 0, 1)
 
 
@@ -228,14 +229,14 @@ def _background(rng: np.random.Generator, colour, bright: float) -> np.ndarray:
 
 
 def _ellipse_alpha(cy, cx, ry, rx, shape, soft=1.0) -> np.ndarray:
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     r = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
     # Signed distance (approximately, in pixels) -> anti-aliased coverage.
     d = (r - 1.0) * min(ry, rx)
     return np.clip(0.5 - d / soft, 0, 1).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _coin_sprite() -> tuple[np.ndarray, np.ndarray]:
     """The big coin at the right of ``skimage.data.coins()`` (centre about
     row 187, column 347, 65x62 px), scaled by 2.5 and centred in 256x256."""
@@ -247,7 +248,7 @@ def _coin_sprite() -> tuple[np.ndarray, np.ndarray]:
     sy, sx = (yy - c) / scale + cy, (xx - c) / scale + cx
     gray = ndimage.map_coordinates(src, np.stack([sy, sx]), order=3, mode="nearest")
     alpha = _ellipse_alpha(c, c, 30.0 * scale, 31.5 * scale, (_S, _S), soft=1.5)
-    g = np.clip((gray - 0.25) / 0.55, 0, 1)                 # stretch the photo's range
+    g = np.clip((gray - 0.25) / 0.55, 0, 1)  # stretch the photo's range
     rgb = (0.12 + 0.88 * g)[..., None] * np.array([0.95, 0.76, 0.50], np.float32)
     rgb = rgb * alpha[..., None]
     rgb.setflags(write=False)
@@ -255,7 +256,7 @@ def _coin_sprite() -> tuple[np.ndarray, np.ndarray]:
     return rgb, alpha
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _nut_sprite() -> tuple[np.ndarray, np.ndarray]:
     """A hexagonal nut: across flats 160 px, chamfered corners, bore 64 px."""
     yy, xx = _grid()
@@ -269,11 +270,11 @@ def _nut_sprite() -> tuple[np.ndarray, np.ndarray]:
     hex_d = r * np.cos(theta - sector) - flats
     outer = np.clip(0.5 - hex_d, 0, 1)
     chamfer_r = flats * 1.08
-    chamfer = np.clip((r - chamfer_r) / 4.0, 0, 1)          # corners beyond the circle
+    chamfer = np.clip((r - chamfer_r) / 4.0, 0, 1)  # corners beyond the circle
     bore_r, thread_r = 32.0, 40.0
     bore = np.clip(bore_r - r + 0.5, 0, 1)
     alpha = (outer * (1 - bore)).astype(np.float32)
-    rng = np.random.default_rng(_SEED)                       # the one part's surface
+    rng = np.random.default_rng(_SEED)  # the one part's surface
     marks = 0.035 * np.sin(2 * np.pi * r / 2.6 + 0.6 * _smooth_noise(rng, (_S, _S), 6))
     light = 0.10 * (x - y) / (flats * 1.4)
     face = 0.60 + marks + light + 0.03 * _smooth_noise(rng, (_S, _S), 12)
@@ -357,13 +358,13 @@ def _curve(rng: np.random.Generator, cy: float, cx: float, length: float) -> np.
     p1 = p0 + d * length / 3 + n * rng.uniform(-0.4, 0.4) * length
     p2 = p0 + 2 * d * length / 3 + n * rng.uniform(-0.4, 0.4) * length
     t = np.linspace(0, 1, int(length * 3) + 2)[:, None]
-    return ((1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1
-            + 3 * (1 - t) * t ** 2 * p2 + t ** 3 * p3)
+    return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
 
 
 def _crack_points(rng: np.random.Generator, cy: float, cx: float, length: float) -> np.ndarray:
     """A jagged crack: straight segments of 3-9 px whose direction wanders
     about a main heading, with one or two shorter branches, as points."""
+
     def walk(y, x, heading, total):
         pts, a, done = [(y, x)], heading, 0.0
         while done < total:
@@ -389,15 +390,18 @@ def _crack_points(rng: np.random.Generator, cy: float, cx: float, length: float)
 # ----------------------------------------------------------------------------
 # Defects: each returns (new float image, bool mask); only mask pixels count.
 
-_PALETTE = np.array([
-    [0.55, 0.22, 0.08],   # rust
-    [0.12, 0.18, 0.62],   # blue ink
-    [0.18, 0.55, 0.30],   # green
-    [0.08, 0.06, 0.05],   # oil
-    [0.88, 0.72, 0.15],   # yellow
-    [0.72, 0.10, 0.12],   # red
-    [0.92, 0.92, 0.90],   # white
-], np.float32)
+_PALETTE = np.array(
+    [
+        [0.55, 0.22, 0.08],  # rust
+        [0.12, 0.18, 0.62],  # blue ink
+        [0.18, 0.55, 0.30],  # green
+        [0.08, 0.06, 0.05],  # oil
+        [0.88, 0.72, 0.15],  # yellow
+        [0.72, 0.10, 0.12],  # red
+        [0.92, 0.92, 0.90],  # white
+    ],
+    np.float32,
+)
 
 
 def _contrasting_colour(rng, local_mean: np.ndarray, min_dist: float = 0.3) -> np.ndarray:
@@ -435,7 +439,7 @@ def _defect_color(rng, scene):
 def _defect_hole(rng, scene):
     m = _blob(rng, *_centre(rng, scene), rng.uniform(8, 22))
     dist = ndimage.distance_transform_edt(m)
-    depth = np.clip(dist / 5.0, 0, 1)[..., None]       # darker away from the rim
+    depth = np.clip(dist / 5.0, 0, 1)[..., None]  # darker away from the rim
     new = scene.image * (0.35 - 0.25 * depth) + 0.02
     return new, m
 
@@ -454,7 +458,7 @@ _FOREIGN = ("immunohistochemistry", "hubble_deep_field", "chelsea", "coffee", "a
 def _foreign_texture(rng) -> np.ndarray:
     p = _photo(str(rng.choice(_FOREIGN)))
     y0, x0 = rng.integers(0, p.shape[0] - _S + 1), rng.integers(0, p.shape[1] - _S + 1)
-    return p[y0:y0 + _S, x0:x0 + _S]
+    return p[y0 : y0 + _S, x0 : x0 + _S]
 
 
 def _defect_contamination(rng, scene):
@@ -478,9 +482,9 @@ def _defect_scratch(rng, scene):
     m = _stroke(pts, rng.uniform(1.0, 1.8)) & _support(scene)
     a = rng.uniform(0.55, 0.8)
     if rng.random() < 0.5:
-        new = scene.image * (1 - a) + 0.95 * a         # bright, polished groove
+        new = scene.image * (1 - a) + 0.95 * a  # bright, polished groove
     else:
-        new = scene.image * (1 - a) * 0.9              # dark groove
+        new = scene.image * (1 - a) * 0.9  # dark groove
     return new, m
 
 
@@ -514,10 +518,15 @@ def _defect_broken(rng, scene):
 
 
 _DEFECTS = {
-    "color": _defect_color, "stain": _defect_color,
-    "hole": _defect_hole, "thread": _defect_thread,
-    "contamination": _defect_contamination, "scratch": _defect_scratch,
-    "crack": _defect_crack, "chip": _defect_chip, "broken": _defect_broken,
+    "color": _defect_color,
+    "stain": _defect_color,
+    "hole": _defect_hole,
+    "thread": _defect_thread,
+    "contamination": _defect_contamination,
+    "scratch": _defect_scratch,
+    "crack": _defect_crack,
+    "chip": _defect_chip,
+    "broken": _defect_broken,
 }
 
 
@@ -543,8 +552,14 @@ class Sample:
 
 
 def _seed(category: str, split: str, defect_type: str, index: int, stream: int):
-    return [_SEED, zlib.crc32(category.encode()), 0 if split == "train" else 1,
-            zlib.crc32(defect_type.encode()), index, stream]
+    return [
+        _SEED,
+        zlib.crc32(category.encode()),
+        0 if split == "train" else 1,
+        zlib.crc32(defect_type.encode()),
+        index,
+        stream,
+    ]
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -553,25 +568,28 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 def _check(category: str, split: str, defect_type: str):
     if category not in BUILTIN_CATEGORIES:
-        raise ValueError(f"Unknown built-in category {category!r}; "
-                         f"choose from {BUILTIN_CATEGORIES}.")
+        raise ValueError(f"Unknown built-in category {category!r}; choose from {BUILTIN_CATEGORIES}.")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     if defect_type != "good" and (split == "train" or defect_type not in DEFECT_KINDS[category]):
-        raise ValueError(f"Defect type {defect_type!r} is not one of {category!r}'s "
-                         f"{DEFECT_KINDS[category]} (train holds only 'good').")
+        raise ValueError(
+            f"Defect type {defect_type!r} is not one of {category!r}'s "
+            f"{DEFECT_KINDS[category]} (train holds only 'good')."
+        )
 
 
 def render_sample(category: str, split: str, defect_type: str, index: int) -> Sample:
     """Render one sample exactly as :func:`ensure_builtin` writes it."""
     _check(category, split, defect_type)
     scene = _RENDER[category](np.random.default_rng(_seed(category, split, defect_type, index, 0)))
-    noise = np.random.default_rng(_seed(category, split, defect_type, index, 2)).normal(
-        0.0, _NOISE_SIGMA, (_S, _S, 3)).astype(np.float32)
+    noise = (
+        np.random.default_rng(_seed(category, split, defect_type, index, 2))
+        .normal(0.0, _NOISE_SIGMA, (_S, _S, 3))
+        .astype(np.float32)
+    )
     clean = _to_uint8(scene.image + noise)
     if defect_type == "good":
-        return Sample(clean, clean.copy(), np.zeros((_S, _S), bool), category, split,
-                      defect_type, index)
+        return Sample(clean, clean.copy(), np.zeros((_S, _S), bool), category, split, defect_type, index)
     rng = np.random.default_rng(_seed(category, split, defect_type, index, 1))
     for _ in range(50):
         new, mask = _DEFECTS[defect_type](rng, scene)
@@ -651,8 +669,7 @@ def _write_category(out: pathlib.Path, category: str, spec: dict, workers: int) 
         s = render_sample(category, split, kind, i)
         _save_png(s.image, out / split / kind / f"{i:03d}.png")
         if kind != "good":
-            _save_png(s.mask.astype(np.uint8) * 255,
-                      out / "ground_truth" / kind / f"{i:03d}_mask.png")
+            _save_png(s.mask.astype(np.uint8) * 255, out / "ground_truth" / kind / f"{i:03d}_mask.png")
 
     if workers > 1:
         with futures.ThreadPoolExecutor(workers) as pool:
@@ -660,8 +677,7 @@ def _write_category(out: pathlib.Path, category: str, spec: dict, workers: int) 
     else:
         for item in items:
             one(item)
-    manifest = {"spec": spec, "generator": "jaxflow_ad.data.synthetic",
-                "files": _expected_counts(spec)}
+    manifest = {"spec": spec, "generator": "jaxflow_ad.data.synthetic", "files": _expected_counts(spec)}
     # The manifest is written last: a folder without it is never reused.
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
@@ -676,11 +692,15 @@ def _remove_stale_temps(root: pathlib.Path, category: str, max_age_s: float = 36
             pass
 
 
-def ensure_builtin(root: str | os.PathLike | None = None,
-                   categories: Sequence[str] | None = None, *,
-                   n_train: int = N_TRAIN, n_test_good: int = N_TEST_GOOD,
-                   n_test_per_defect: int = N_TEST_PER_DEFECT,
-                   num_workers: int | None = None) -> pathlib.Path:
+def ensure_builtin(
+    root: str | os.PathLike | None = None,
+    categories: Sequence[str] | None = None,
+    *,
+    n_train: int = N_TRAIN,
+    n_test_good: int = N_TEST_GOOD,
+    n_test_per_defect: int = N_TEST_PER_DEFECT,
+    num_workers: int | None = None,
+) -> pathlib.Path:
     """Write the built-in dataset (once) and return its root.
 
     Each category is generated into a hidden temporary folder under ``root``
@@ -701,19 +721,21 @@ def ensure_builtin(root: str | os.PathLike | None = None,
       ``root``, readable with ``load_split(root, category, split, size)``.
     """
     root = pathlib.Path(root).expanduser() if root is not None else default_root()
-    cats = BUILTIN_CATEGORIES if categories is None else tuple(
-        [categories] if isinstance(categories, str) else categories)
+    cats = (
+        BUILTIN_CATEGORIES if categories is None else tuple([categories] if isinstance(categories, str) else categories)
+    )
     for c in cats:
         if c not in BUILTIN_CATEGORIES:
-            raise ValueError(f"Unknown built-in category {c!r}; choose from "
-                             f"{BUILTIN_CATEGORIES}.")
-    for name, n, lo in (("n_train", n_train, 1), ("n_test_good", n_test_good, 0),
-                        ("n_test_per_defect", n_test_per_defect, 0)):
+            raise ValueError(f"Unknown built-in category {c!r}; choose from {BUILTIN_CATEGORIES}.")
+    for name, n, lo in (
+        ("n_train", n_train, 1),
+        ("n_test_good", n_test_good, 0),
+        ("n_test_per_defect", n_test_per_defect, 0),
+    ):
         if not isinstance(n, (int, np.integer)) or n < lo or n > 999:
             raise ValueError(f"{name} must be an int in [{lo}, 999], got {n!r}.")
     if n_test_good + n_test_per_defect == 0:
-        raise ValueError("n_test_good and n_test_per_defect cannot both be 0 "
-                         "(the test split would be empty).")
+        raise ValueError("n_test_good and n_test_per_defect cannot both be 0 (the test split would be empty).")
     workers = num_workers or min(8, os.cpu_count() or 1)
     root.mkdir(parents=True, exist_ok=True)
     for category in cats:
@@ -724,17 +746,16 @@ def ensure_builtin(root: str | os.PathLike | None = None,
         if target.exists() and _read_manifest(target) is None:
             raise DatasetError(
                 f"{target} exists but was not written by ensure_builtin (it has no "
-                f"{MANIFEST}). Delete or move it, or pass another root.")
+                f"{MANIFEST}). Delete or move it, or pass another root."
+            )
         _remove_stale_temps(root, category)
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{category}.tmp-", dir=root))
         try:
             _write_category(tmp, category, spec, workers)
-            if target.exists():      # an older version or other counts: replace it
+            if target.exists():  # an older version or other counts: replace it
                 old = pathlib.Path(tempfile.mkdtemp(prefix=f".{category}.tmp-old-", dir=root))
-                try:
+                with contextlib.suppress(OSError):  # someone else moved it first
                     os.rename(target, old / category)
-                except OSError:
-                    pass             # someone else moved it first
             try:
                 os.rename(tmp, target)
             except OSError:

@@ -18,6 +18,7 @@ The folder is the *manual* directory: ``<manual_dir>/<category>/train/good``,
 raise the same :class:`~jaxflow_ad.data.mvtec.DatasetError` as
 :func:`~jaxflow_ad.data.mvtec.load_split`.
 """
+
 from __future__ import annotations
 
 import io
@@ -37,8 +38,9 @@ class MvtecLayoutConfig(tfds.core.BuilderConfig):
     """One category of an MVTec-layout folder; ``name`` is the category."""
 
     def __init__(self, *, name: str, description: str | None = None, **kwargs):
-        super().__init__(name=name, description=description or
-                         f"Category {name!r} of an MVTec-AD-layout folder.", **kwargs)
+        super().__init__(
+            name=name, description=description or f"Category {name!r} of an MVTec-AD-layout folder.", **kwargs
+        )
 
     @property
     def category(self) -> str:
@@ -63,23 +65,24 @@ class MvtecLayout(tfds.core.GeneratorBasedBuilder):
         "e.g. tfds.download.DownloadConfig(manual_dir=root). MVTec AD itself is "
         "available from https://www.mvtec.com/company/research/datasets/mvtec-ad; "
         "the built-in synthetic set is written by "
-        "jaxflow_ad.data.ensure_builtin().")
-    BUILDER_CONFIGS = [MvtecLayoutConfig(name=c) for c in
-                       mvtec.MVTEC_CATEGORIES + synthetic.BUILTIN_CATEGORIES]
+        "jaxflow_ad.data.ensure_builtin()."
+    )
+    BUILDER_CONFIGS = [MvtecLayoutConfig(name=c) for c in mvtec.MVTEC_CATEGORIES + synthetic.BUILTIN_CATEGORIES]
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description="Images, pixel masks and labels read from a folder in the "
-                        "MVTec AD layout.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-                # 0/255 at the image's native size; all 0 for good images.
-                "mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-                "label": tfds.features.ClassLabel(names=["good", "defective"]),
-                "defect_type": tfds.features.Text(),
-                "path": tfds.features.Text(),
-            }),
+            description="Images, pixel masks and labels read from a folder in the MVTec AD layout.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+                    # 0/255 at the image's native size; all 0 for good images.
+                    "mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(names=["good", "defective"]),
+                    "defect_type": tfds.features.Text(),
+                    "path": tfds.features.Text(),
+                }
+            ),
             supervised_keys=None,
             # Keep the reader's order: sorted by (defect type, file name).
             disable_shuffling=True,
@@ -104,20 +107,23 @@ class MvtecLayout(tfds.core.GeneratorBasedBuilder):
                     raise mvtec.DatasetError(
                         f"Mask {rec.mask_path} is {m.shape[1]}x{m.shape[0]} (WxH) but "
                         f"its image {rec.image_path} is {im.width}x{im.height}. A mask "
-                        "must have its image's size; regenerate or replace it.")
+                        "must have its image's size; regenerate or replace it."
+                    )
                 mask = m.astype(np.uint8) * 255
             key = "/".join(rec.key)
-            yield key, {
-                "image": _png(im),
-                "mask": _png(Image.fromarray(mask, "L")),
-                "label": rec.label,
-                "defect_type": rec.defect_type,
-                "path": str(rec.image_path),
-            }
+            yield (
+                key,
+                {
+                    "image": _png(im),
+                    "mask": _png(Image.fromarray(mask, "L")),
+                    "label": rec.label,
+                    "defect_type": rec.defect_type,
+                    "path": str(rec.image_path),
+                },
+            )
 
 
-def build_tfds(root: str | os.PathLike, category: str,
-               data_dir: str | os.PathLike) -> MvtecLayout:
+def build_tfds(root: str | os.PathLike, category: str, data_dir: str | os.PathLike) -> MvtecLayout:
     """Prepare (once) ``category`` of the MVTec-layout folder ``root`` as
     ArrayRecord files under ``data_dir`` and return the builder.
 
@@ -126,8 +132,9 @@ def build_tfds(root: str | os.PathLike, category: str,
     folders into different ``data_dir``s.
     """
     root = pathlib.Path(root).expanduser()
-    config = next((c for c in MvtecLayout.BUILDER_CONFIGS if c.name == category),
-                  None) or MvtecLayoutConfig(name=category)
+    config = next((c for c in MvtecLayout.BUILDER_CONFIGS if c.name == category), None) or MvtecLayoutConfig(
+        name=category
+    )
     builder = MvtecLayout(config=config, data_dir=os.fspath(data_dir))
     builder.download_and_prepare(
         file_format="array_record",

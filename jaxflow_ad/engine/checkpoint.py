@@ -4,6 +4,7 @@ Only the training state is saved (step, params, model_state, opt_state);
 statistics fitted after training are cheap to recompute and are not part of
 it. orbax coordinates several processes itself (process 0 writes metadata).
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -18,7 +19,8 @@ class Checkpointer:
     def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 2):
         self.directory = pathlib.Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

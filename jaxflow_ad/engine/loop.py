@@ -16,6 +16,7 @@ drawn from ``np.random.default_rng([seed, k, e])`` and the augmentation of
 step ``s`` from ``default_rng([seed, k, s])``, so a run resumed from a
 checkpoint sees exactly the batches an uninterrupted run sees.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -39,7 +39,7 @@ from jaxflow_ad.engine.writers import ScalarWriter
 
 log = logging.getLogger("jaxflow_ad")
 MODES = ("train", "eval", "all")
-_BAR_INTERVAL = 0.1 if sys.stderr.isatty() else 30.0     # a log file gets a line every 30 s
+_BAR_INTERVAL = 0.1 if sys.stderr.isatty() else 30.0  # a log file gets a line every 30 s
 
 
 def _is_main() -> bool:
@@ -50,7 +50,7 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, list[
     """The dataset root (the built-in set when ``data.root`` is empty) and the categories to run."""
     if config.data.root:
         root = pathlib.Path(config.data.root).expanduser()
-        available = data_lib.list_categories(root)     # raises DatasetError naming the root
+        available = data_lib.list_categories(root)  # raises DatasetError naming the root
     else:
         root = data_lib.ensure_builtin()
         available = list(data_lib.BUILTIN_CATEGORIES)
@@ -60,7 +60,8 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, list[
     missing = [c for c in wanted if c not in available]
     if missing:
         raise data_lib.DatasetError(
-            f"config key data.categories names {missing}, not found under {root}; available: {available}")
+            f"config key data.categories names {missing}, not found under {root}; available: {available}"
+        )
     return root, wanted
 
 
@@ -92,11 +93,20 @@ class _Timer:
 
 def _batches(images: np.ndarray, batch_size: int):
     for i in range(0, len(images), batch_size):
-        yield images[i:i + batch_size]
+        yield images[i : i + batch_size]
 
 
-def train_category(method, config, train: data_lib.Split, category: str, cat_dir: pathlib.Path,
-                   mesh, ckpt: Checkpointer, writer: ScalarWriter, state):
+def train_category(
+    method,
+    config,
+    train: data_lib.Split,
+    category: str,
+    cat_dir: pathlib.Path,
+    mesh,
+    ckpt: Checkpointer,
+    writer: ScalarWriter,
+    state,
+):
     """Run every stage from the latest checkpoint on; returns the trained state."""
     bs = int(config.train.batch_size)
     parallel.check_batch_size(bs, "train.batch_size")
@@ -122,23 +132,31 @@ def train_category(method, config, train: data_lib.Split, category: str, cat_dir
         if start == b:
             state = parallel.to_replicated(mesh, stage.init_opt(state))
         step_fn = parallel.jit_train_step(mesh, stage.train_step)
-        bar = tqdm(total=e - b, initial=start - b, desc=f"{category} {stage.name}", disable=not _is_main(),
-                   dynamic_ncols=True, leave=False, mininterval=_BAR_INTERVAL)
+        bar = tqdm(
+            total=e - b,
+            initial=start - b,
+            desc=f"{category} {stage.name}",
+            disable=not _is_main(),
+            dynamic_ncols=True,
+            leave=False,
+            mininterval=_BAR_INTERVAL,
+        )
         for step in range(start, e):
             epoch, i = divmod(step - b, spe)
             order = np.random.default_rng([config.seed, k, epoch]).permutation(n)
-            images = train.images[order[i * bs:(i + 1) * bs]]
+            images = train.images[order[i * bs : (i + 1) * bs]]
             rng = np.random.default_rng([config.seed, k, step])
             if augment:
                 images = data_lib.flip_rot90(images, rng)
             batch = parallel.global_batch(mesh, stage.prepare_batch(images, rng))
             state, m = step_fn(state, batch, jax.random.fold_in(key, step))
-            m = {name: float(v) for name, v in m.items()}   # waits for the step: also avoids the
-            bar.set_postfix(loss=f"{m['loss']:.4g}", refresh=False)   # 2-core collective deadlock (environment.md)
+            m = {name: float(v) for name, v in m.items()}  # waits for the step: also avoids the
+            bar.set_postfix(loss=f"{m['loss']:.4g}", refresh=False)  # 2-core collective deadlock (environment.md)
             bar.update(1)
             if not np.isfinite(m["loss"]):
-                raise FloatingPointError(f"{category}: loss is {m['loss']} at step {step}; "
-                                         "lower train.optimizer.lr or check the data")
+                raise FloatingPointError(
+                    f"{category}: loss is {m['loss']} at step {step}; lower train.optimizer.lr or check the data"
+                )
             if (step + 1) % config.train.log_every_steps == 0 or step + 1 == e:
                 writer.write(step + 1, {f"train/{stage.name}/{name}": v for name, v in m.items()})
             if (step + 1) % config.train.checkpoint_every_steps == 0 or step + 1 == e:
@@ -160,10 +178,11 @@ def evaluate_category(method, config, state, test: data_lib.Split, mesh) -> tupl
     n = len(test)
     pad = (-n) % bs
     images = np.concatenate([test.images, np.repeat(test.images[-1:], pad, axis=0)]) if pad else test.images
-    jax.block_until_ready(score(state, parallel.global_batch(mesh, {"x": images[:bs]})["x"]))   # compile
+    jax.block_until_ready(score(state, parallel.global_batch(mesh, {"x": images[:bs]})["x"]))  # compile
     t0 = time.perf_counter()
-    for chunk in tqdm(list(_batches(images, bs)), desc="evaluate", disable=not _is_main(), leave=False,
-                      mininterval=_BAR_INTERVAL):
+    for chunk in tqdm(
+        list(_batches(images, bs)), desc="evaluate", disable=not _is_main(), leave=False, mininterval=_BAR_INTERVAL
+    ):
         m, s = score(state, parallel.global_batch(mesh, {"x": chunk})["x"])
         maps.append(np.asarray(jax.device_get(m)))
         scores.append(np.asarray(jax.device_get(s)))
@@ -171,8 +190,9 @@ def evaluate_category(method, config, state, test: data_lib.Split, mesh) -> tupl
     maps, scores = np.concatenate(maps)[:n], np.concatenate(scores)[:n]
     res = config.eval.resolution
     res = res if res == "native" else int(res)
-    result = metrics_lib.evaluate(test.labels, scores, test.masks, maps, fpr_limit=config.eval.fpr_limit,
-                                  resolution=res)
+    result = metrics_lib.evaluate(
+        test.labels, scores, test.masks, maps, fpr_limit=config.eval.fpr_limit, resolution=res
+    )
     result["images_per_s"] = len(images) / seconds
     return result, maps, scores
 
@@ -186,7 +206,7 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
     with cfg.unlocked():
         cfg.train.steps_per_epoch = len(train) // int(cfg.train.batch_size)
     method = models.build(cfg)
-    notes = list(getattr(method, "notes", []))      # e.g. which backbone weights stand in
+    notes = list(getattr(method, "notes", []))  # e.g. which backbone weights stand in
     for note in notes:
         log.warning("%s: %s", category, note)
     mesh = parallel.make_mesh()
@@ -211,8 +231,15 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
         result["train_time_s"] = train_time
         writer.write(int(jax.device_get(state.step)), {f"eval/{k}": v for k, v in result.items()})
         if _is_main():
-            report.write_heatmaps(cat_dir / "heatmaps", test.images, test.masks, maps, test.defect_types,
-                                  test.paths, int(cfg.eval.num_heatmaps))
+            report.write_heatmaps(
+                cat_dir / "heatmaps",
+                test.images,
+                test.masks,
+                maps,
+                test.defect_types,
+                test.paths,
+                int(cfg.eval.num_heatmaps),
+            )
             for name, img in method.artifacts(state).items():
                 report.save_image(cat_dir / f"{name}.png", img)
             (cat_dir / "metrics.json").write_text(json.dumps({**result, "notes": notes}, indent=2, sort_keys=True))
@@ -232,8 +259,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mode: st
     root, categories = resolve_data(config)
     if _is_main():
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-        log.info("data: %s, categories: %s, devices: %d (%s), processes: %d", root, categories,
-                 jax.device_count(), jax.devices()[0].platform, jax.process_count())
+        log.info(
+            "data: %s, categories: %s, devices: %d (%s), processes: %d",
+            root,
+            categories,
+            jax.device_count(),
+            jax.devices()[0].platform,
+            jax.process_count(),
+        )
     results = {}
     for category in categories:
         results[category] = run_category(config, workdir, root, category, mode)

@@ -10,13 +10,16 @@ exactly as on one device, and the gradients are all-reduced.
 Each process feeds only its own slice of the global batch
 (:func:`global_batch`): on several hosts nothing else changes.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXIS = "batch"
 
@@ -41,8 +44,10 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, key: str, mesh: Mesh | None = None) -> None:
     n = mesh.size if mesh is not None else jax.device_count()
     if batch_size % n:
-        raise ValueError(f"{key}={batch_size} must be a multiple of the number of devices ({n}); "
-                         f"set --config.{key}={max(n, batch_size // n * n)}")
+        raise ValueError(
+            f"{key}={batch_size} must be a multiple of the number of devices ({n}); "
+            f"set --config.{key}={max(n, batch_size // n * n)}"
+        )
 
 
 def process_slice(global_batch: int) -> slice:

@@ -1,18 +1,27 @@
 """Reports written to the workdir: metrics.json, a results table, heatmap figures."""
+
 from __future__ import annotations
 
 import json
 import pathlib
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from jaxflow_ad.metrics import resize_maps
 
-COLUMNS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO"),
-           ("pixel_ap", "P-AP"), ("pixel_f1_max", "P-F1max"), ("image_ap", "I-AP"),
-           ("image_f1_max", "I-F1max"), ("train_time_s", "train s"), ("images_per_s", "img/s"))
+COLUMNS = (
+    ("image_auroc", "I-AUROC"),
+    ("pixel_auroc", "P-AUROC"),
+    ("aupro", "AUPRO"),
+    ("pixel_ap", "P-AP"),
+    ("pixel_f1_max", "P-F1max"),
+    ("image_ap", "I-AP"),
+    ("image_f1_max", "I-F1max"),
+    ("train_time_s", "train s"),
+    ("images_per_s", "img/s"),
+)
 
 
 def _colormap(x: np.ndarray) -> np.ndarray:
@@ -38,8 +47,15 @@ def heatmap_panel(image: np.ndarray, mask: np.ndarray, amap: np.ndarray, lo: flo
     return np.concatenate([img, sep, gt, sep, heat, sep, overlay], axis=1)
 
 
-def write_heatmaps(out_dir: pathlib.Path, images: np.ndarray, masks: Sequence[np.ndarray], maps: np.ndarray,
-                   defect_types: Sequence[str], paths: Sequence[str], per_kind: int) -> list[str]:
+def write_heatmaps(
+    out_dir: pathlib.Path,
+    images: np.ndarray,
+    masks: Sequence[np.ndarray],
+    maps: np.ndarray,
+    defect_types: Sequence[str],
+    paths: Sequence[str],
+    per_kind: int,
+) -> list[str]:
     """A few figures for every defect kind (and 'good'); colour range shared by the category."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lo, hi = float(np.min(maps)), float(np.max(maps))

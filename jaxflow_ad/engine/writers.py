@@ -3,6 +3,7 @@
 clu's writers need TensorFlow; when it is not installed, tensorboardX (no
 TensorFlow) writes the event files instead. Nothing here requires TensorFlow.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,11 @@ def _tensorboard_writer(logdir: pathlib.Path):
     try:
         import tensorflow  # noqa: F401  (clu's writers need it)
         from clu import metric_writers
+
         return "clu", metric_writers.create_default_writer(str(logdir), just_logging=False)
-    except Exception:       # TensorFlow absent or broken: the TF-free writer
+    except Exception:  # TensorFlow absent or broken: the TF-free writer
         from tensorboardX import SummaryWriter
+
         return "tensorboardX", SummaryWriter(str(logdir))
 
 
@@ -33,7 +36,7 @@ class ScalarWriter:
         workdir = pathlib.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         self.kind, self._tb = _tensorboard_writer(workdir / "tb" / tag)
-        self._jsonl = open(workdir / "log.jsonl", "a", buffering=1)
+        self._jsonl = open(workdir / "log.jsonl", "a", buffering=1)  # noqa: SIM115 (closed in close())
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:

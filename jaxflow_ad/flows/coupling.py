@@ -6,6 +6,7 @@ clamp ``s = 2 * 0.636 * atan(s_raw / 2)`` (|s| < 1.998), then through volume
 normalization. The last convolution of the subnet is zero-initialised so a new
 coupling is the identity.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -60,11 +61,18 @@ class AffineParams(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, update_stats: bool = True, upsampled: bool = False):
-        h = Conv2D(self.hidden, self.ksize, kernel_init=torch_default_kernel_init, impl=self.conv_impl,
-                   name="conv0")(x, upsample=upsampled)
+        h = Conv2D(self.hidden, self.ksize, kernel_init=torch_default_kernel_init, impl=self.conv_impl, name="conv0")(
+            x, upsample=upsampled
+        )
         h = nn.leaky_relu(h, 0.01)
-        o = Conv2D(2 * self.out_channels, self.ksize, stride=self.last_stride, kernel_init=nn.initializers.zeros,
-                   impl=self.conv_impl, name="conv1")(h)
+        o = Conv2D(
+            2 * self.out_channels,
+            self.ksize,
+            stride=self.last_stride,
+            kernel_init=nn.initializers.zeros,
+            impl=self.conv_impl,
+            name="conv1",
+        )(h)
         s_raw, t = jnp.split(o, 2, axis=-1)
         s = VolumeNorm(self.volume_norm, name="norm")(soft_clamp(s_raw, self.clamp), train, update_stats)
         return s, t
@@ -106,7 +114,7 @@ class ChannelAffineCoupling(nn.Module):
     def _split(self, x):
         half = self.channels // 2
         a, b = x[..., :half], x[..., half:]
-        return (b, a) if self.flip else (a, b)   # (conditioning, transformed)
+        return (b, a) if self.flip else (a, b)  # (conditioning, transformed)
 
     def _join(self, cond, trans):
         return jnp.concatenate([trans, cond] if self.flip else [cond, trans], axis=-1)

@@ -13,6 +13,7 @@ the triangular factors, ``A^-1 = U'^-1 L^-1 P^T``, which is as accurate in
 float32 and needs no x64 mode. The official code crashes with volume
 normalization off (``w_s`` undefined); here ``volume_norm=False`` works.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn

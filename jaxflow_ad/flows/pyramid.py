@@ -30,9 +30,10 @@ The paper allows any linear pair (Sec. 3.1); ``down`` also accepts
 ``"avg"`` (blur then 2x2 mean), and ``up`` accepts ``"zeros"`` (zero insertion
 with gain 4, the classic Burt-Adelson expand). All arrays are NHWC.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +128,8 @@ def check_divisible(shape: Sequence[int], levels: int) -> None:
     if levels < 1 or h % f or w % f:
         raise ValueError(
             f"input {h}x{w} cannot make a {levels}-level pyramid: height and width must be "
-            f"multiples of 2**(levels-1) = {f}; change data.image_size or model.levels")
+            f"multiples of 2**(levels-1) = {f}; change data.image_size or model.levels"
+        )
 
 
 def decompose(x: Array, levels: int, down: str = "max", up: str = "nearest") -> tuple[Array, ...]:

@@ -21,10 +21,10 @@ Each block: ``z = LU(exp(s) * x + t)``; per-sample
 The paper (Sec. 3.2, "Implementation") says *bilinear* interpolation matches
 the shapes; the official code uses nearest, which we follow (parity).
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxflow_ad.flows.coupling import AffineParams, affine_forward, affine_inverse, sum_per_sample
@@ -75,8 +75,9 @@ class PyramidCoupling(nn.Module):
             raise ValueError(f"unknown pyramid block kind {self.kind!r}; use one of {KINDS}")
         c = self.channels
         stride = 2 if (self.kind == "down" and self.fast_down and self.volume_norm != "SVN") else 1
-        self.affine = AffineParams(c, 2 * c, self.ksize, self.clamp, self.volume_norm, last_stride=stride,
-                                   conv_impl=self.conv_impl)
+        self.affine = AffineParams(
+            c, 2 * c, self.ksize, self.clamp, self.volume_norm, last_stride=stride, conv_impl=self.conv_impl
+        )
         self.lu = InvConv1x1LU(volume_norm=self.volume_norm != "none")
 
     @property
@@ -89,14 +90,15 @@ class PyramidCoupling(nn.Module):
         if self.kind == "up":
             cond = levels[self.start + 1]
             if self.up_polyphase and cond.shape[1] * 2 == size[0] and cond.shape[2] * 2 == size[1]:
-                return self.affine(cond, train, update_stats, upsampled=True)   # same function, cheaper
+                return self.affine(cond, train, update_stats, upsampled=True)  # same function, cheaper
             return self.affine(resize_nearest(cond, size), train, update_stats)
         if self.kind == "dual":
-            cond = jnp.concatenate([resize_nearest(levels[self.start], size),
-                                    resize_nearest(levels[self.start + 2], size)], axis=-1)
+            cond = jnp.concatenate(
+                [resize_nearest(levels[self.start], size), resize_nearest(levels[self.start + 2], size)], axis=-1
+            )
             return self.affine(cond, train, update_stats)
         s, t = self.affine(levels[self.start], train, update_stats)
-        if s.shape[1:3] != size:      # full-resolution subnet: keep pixel (2i, 2j)
+        if s.shape[1:3] != size:  # full-resolution subnet: keep pixel (2i, 2j)
             s, t = nearest_down2(s), nearest_down2(t)
         return s, t
 
@@ -104,7 +106,7 @@ class PyramidCoupling(nn.Module):
         levels = tuple(levels)
         s, t = self._affine(levels, train, True)
         z, ld_lu = self.lu(affine_forward(levels[self.target], s, t))
-        out = levels[:self.target] + (z,) + levels[self.target + 1:]
+        out = levels[: self.target] + (z,) + levels[self.target + 1 :]
         return out, sum_per_sample(s) + ld_lu
 
     def inverse(self, levels, train: bool = False):
@@ -112,5 +114,5 @@ class PyramidCoupling(nn.Module):
         y, ld_lu = self.lu(levels[self.target], inverse=True)
         # The conditioning levels are unchanged, so (s, t) are recomputed exactly.
         s, t = self._affine(levels, train, False)
-        out = levels[:self.target] + (affine_inverse(y, s, t),) + levels[self.target + 1:]
+        out = levels[: self.target] + (affine_inverse(y, s, t),) + levels[self.target + 1 :]
         return out, ld_lu - sum_per_sample(s)

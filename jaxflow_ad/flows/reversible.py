@@ -19,9 +19,11 @@ with XLA free to reorder: 380 -> 1000 MB). Running statistics (volume norm)
 are written by the forward pass only, once per step; the backward pass re-runs
 layers with every collection immutable.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -107,8 +109,7 @@ def _reversible_chain(layers: Sequence[nn.Module], train: bool, update_stats: bo
     depth. Without ``period`` the layers are unrolled.
     """
     n = len(layers)
-    if period is not None and (period <= 0 or n % period or any(
-            layers[i] != layers[i % period] for i in range(n))):
+    if period is not None and (period <= 0 or n % period or any(layers[i] != layers[i % period] for i in range(n))):
         raise ValueError(f"reversible chain: {n} layers are not a repetition of the first {period}")
 
     scanned = period is not None and n > period
@@ -169,8 +170,15 @@ def _reversible_chain(layers: Sequence[nn.Module], train: bool, update_stats: bo
     return chain
 
 
-def chain_forward(layers: Sequence[nn.Module], variables: Sequence[dict], x: PyTree, *,
-                  train: bool = False, reversible: bool = False, period: int | None = None):
+def chain_forward(
+    layers: Sequence[nn.Module],
+    variables: Sequence[dict],
+    x: PyTree,
+    *,
+    train: bool = False,
+    reversible: bool = False,
+    period: int | None = None,
+):
     """Run ``layers`` forward. Returns ``(y, logdet [B], new_variables)``.
 
     In training mode the volume-norm running means in the returned variables

@@ -20,6 +20,7 @@ exactly once per training step: only a forward applied with the
 pass never does. The running mean is a non-differentiated state, so none of
 the official code's autograd-history leak can happen.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn

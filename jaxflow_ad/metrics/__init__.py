@@ -9,6 +9,7 @@ metrics equal scikit-learn's to ~1e-12, at a quarter of its memory); `resize_map
 Undefined metrics raise ValueError, except AUPRO without regions or background, which
 returns 0.0 with a `DegenerateMetricWarning`.
 """
+
 from jaxflow_ad.metrics._curves import area_up_to
 from jaxflow_ad.metrics._inputs import DegenerateMetricWarning
 from jaxflow_ad.metrics.aupro import aupro, pro_curve
@@ -26,7 +27,20 @@ from jaxflow_ad.metrics.evaluate import METRIC_KEYS, evaluate
 from jaxflow_ad.metrics.resize import resize_maps, resize_masks
 
 __all__ = [
-    "DegenerateMetricWarning", "METRIC_KEYS", "area_up_to", "aupro", "average_precision",
-    "evaluate", "f1_max", "image_ap", "image_auroc", "image_f1_max", "pixel_ap",
-    "pixel_auroc", "pixel_f1_max", "pro_curve", "resize_maps", "resize_masks",
+    "DegenerateMetricWarning",
+    "METRIC_KEYS",
+    "area_up_to",
+    "aupro",
+    "average_precision",
+    "evaluate",
+    "f1_max",
+    "image_ap",
+    "image_auroc",
+    "image_f1_max",
+    "pixel_ap",
+    "pixel_auroc",
+    "pixel_f1_max",
+    "pro_curve",
+    "resize_maps",
+    "resize_masks",
 ]

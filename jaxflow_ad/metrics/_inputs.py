@@ -3,9 +3,10 @@
 Every public metric funnels its arguments through these helpers, so that bad input
 raises one `ValueError` that names the argument, the image and the fix.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -41,19 +42,22 @@ def image_list(x, name: str) -> list[np.ndarray]:
             if a is None:
                 raise ValueError(
                     f"{name}[{i}] is None; pass an all-zero mask of the image's size for a "
-                    "normal image, so that its pixels count as background.")
+                    "normal image, so that its pixels count as background."
+                )
             a = np.asarray(a)
             if a.ndim != 2:
                 raise ValueError(
                     f"{name}[{i}] has shape {a.shape}; every entry must be a 2-D [H,W] array "
-                    "(drop a channel axis with a[..., 0] or a[0]).")
+                    "(drop a channel axis with a[..., 0] or a[0])."
+                )
             out.append(a)
         return out
     a = np.asarray(x)
     if a.ndim != 3:
         raise ValueError(
             f"{name} has {_describe(a)}; expected an array [N,H,W] or a list of N arrays [H,W] "
-            "(for a single image use x[None]; drop a channel axis of size 1 first).")
+            "(for a single image use x[None]; drop a channel axis of size 1 first)."
+        )
     if a.shape[0] == 0:
         raise ValueError(f"{name} is empty: there are no images to evaluate.")
     return list(a)
@@ -83,7 +87,8 @@ def check_finite_list(arrays: Sequence[np.ndarray], name: str) -> None:
             f"{name} contain {nan_total} NaN and {inf_total} infinite value(s) in "
             f"{len(bad)} of {len(arrays)} image(s) (first: image {bad[0]}); the metrics rank "
             "scores and are undefined for non-finite values. Check the model output "
-            "(e.g. a diverged flow or a log of zero) before evaluating.")
+            "(e.g. a diverged flow or a log of zero) before evaluating."
+        )
 
 
 def check_image_inputs(labels, scores, func: str) -> tuple[np.ndarray, np.ndarray]:
@@ -91,13 +96,12 @@ def check_image_inputs(labels, scores, func: str) -> tuple[np.ndarray, np.ndarra
     y = np.asarray(labels)
     s = np.asarray(scores)
     if y.ndim != 1 or s.ndim != 1:
-        raise ValueError(
-            f"{func}: labels and scores must be 1-D [N]; got labels {y.shape} and scores "
-            f"{s.shape}.")
+        raise ValueError(f"{func}: labels and scores must be 1-D [N]; got labels {y.shape} and scores {s.shape}.")
     if y.shape[0] != s.shape[0]:
         raise ValueError(
             f"{func}: labels has {y.shape[0]} entries but scores has {s.shape[0]}; there must "
-            "be one label and one score per image.")
+            "be one label and one score per image."
+        )
     if y.shape[0] == 0:
         raise ValueError(f"{func}: no images (labels and scores are empty).")
     _check_numeric(y, f"{func}: labels")
@@ -106,7 +110,8 @@ def check_image_inputs(labels, scores, func: str) -> tuple[np.ndarray, np.ndarra
         if not np.all(np.isin(values, (0, 1))):
             raise ValueError(
                 f"{func}: labels must be 0 (normal) or 1 (anomalous); got values "
-                f"{values[:10].tolist()}. Did you swap labels and scores?")
+                f"{values[:10].tolist()}. Did you swap labels and scores?"
+            )
         y = y == 1
     _check_numeric(s, f"{func}: scores")
     n_nan = int(np.count_nonzero(np.isnan(s))) if np.issubdtype(s.dtype, np.floating) else 0
@@ -114,7 +119,8 @@ def check_image_inputs(labels, scores, func: str) -> tuple[np.ndarray, np.ndarra
     if n_nan or n_inf:
         raise ValueError(
             f"{func}: scores contain {n_nan} NaN and {n_inf} infinite value(s) out of "
-            f"{s.shape[0]}; the metric ranks scores and is undefined for non-finite values.")
+            f"{s.shape[0]}; the metric ranks scores and is undefined for non-finite values."
+        )
     return y, s
 
 
@@ -127,7 +133,8 @@ def require_both_classes(y: np.ndarray, func: str, unit: str) -> None:
         raise ValueError(
             f"{func} is undefined: all {y.shape[0]} {unit} are {which}. The ROC curve needs "
             f"at least one {missing} and one {which} {unit[:-1]}: otherwise its "
-            f"{'false' if n_pos else 'true'} positive rate divides by zero.")
+            f"{'false' if n_pos else 'true'} positive rate divides by zero."
+        )
 
 
 def require_positives(y: np.ndarray, func: str, unit: str) -> None:
@@ -135,7 +142,8 @@ def require_positives(y: np.ndarray, func: str, unit: str) -> None:
     if not np.any(y):
         raise ValueError(
             f"{func} is undefined: none of the {y.shape[0]} {unit} is anomalous, so recall "
-            "(true positives / anomalous count) divides by zero.")
+            "(true positives / anomalous count) divides by zero."
+        )
 
 
 class PixelData:
@@ -162,7 +170,8 @@ def target_shapes(masks: list[np.ndarray], maps: list[np.ndarray], resolution, f
     if len(masks) != len(maps):
         raise ValueError(
             f"{func}: got {len(masks)} masks but {len(maps)} anomaly maps; there must be one "
-            "mask per map (an all-zero mask for a normal image).")
+            "mask per map (an all-zero mask for a normal image)."
+        )
     if resolution is None:
         for i, (m, a) in enumerate(zip(masks, maps)):
             if m.shape != a.shape:
@@ -170,23 +179,20 @@ def target_shapes(masks: list[np.ndarray], maps: list[np.ndarray], resolution, f
                     f"{func}: mask {i} has shape {m.shape} but map {i} has shape {a.shape}. "
                     "Upsample the maps to the mask sizes with "
                     "resize_maps(maps, [m.shape for m in masks]), or use "
-                    "evaluate(..., resolution='native' or an int).")
+                    "evaluate(..., resolution='native' or an int)."
+                )
         return [m.shape for m in masks]
     if isinstance(resolution, str):
         if resolution != "native":
-            raise ValueError(
-                f"{func}: resolution={resolution!r}; expected 'native' or a positive int.")
+            raise ValueError(f"{func}: resolution={resolution!r}; expected 'native' or a positive int.")
         return [m.shape for m in masks]
-    if isinstance(resolution, (bool, np.bool_)) or not isinstance(resolution, (int, np.integer)) \
-            or resolution <= 0:
-        raise ValueError(
-            f"{func}: resolution={resolution!r}; expected 'native' or a positive int.")
+    if isinstance(resolution, (bool, np.bool_)) or not isinstance(resolution, (int, np.integer)) or resolution <= 0:
+        raise ValueError(f"{func}: resolution={resolution!r}; expected 'native' or a positive int.")
     r = int(resolution)
     return [(r, r)] * len(masks)
 
 
-def gather_pixels(masks, maps, *, resolution=None, with_regions: bool = False,
-                  func: str = "metric") -> PixelData:
+def gather_pixels(masks, maps, *, resolution=None, with_regions: bool = False, func: str = "metric") -> PixelData:
     """Validates, resizes and flattens masks and maps into one `PixelData` in a single pass.
 
     Memory: the output holds P bools, P scores (float32 unless a map is float64 or a wide

@@ -9,6 +9,7 @@ mode="bilinear", align_corners=False)`, `jax.image.resize(..., "bilinear")`, PIL
 Downsampling is plain point sampling of the same formula, without anti-aliasing (like
 torch's default, unlike PIL and jax.image.resize).
 """
+
 from __future__ import annotations
 
 import numpy as np

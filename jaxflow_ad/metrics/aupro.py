@@ -29,6 +29,7 @@ The approximate variants (a fixed grid of 100-200 thresholds; rescaling the FPR 
 cut, as in PyramidFlow's code) are not implemented; `fpr_limit=1.0` gives the exact area over
 the whole FPR range.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -47,19 +48,24 @@ def _check_fpr_limit(fpr_limit) -> float:
     if not 0.0 < lim <= 1.0:
         raise ValueError(
             f"fpr_limit={fpr_limit!r}; expected a number in (0, 1] (the standard value is "
-            "0.3, 1.0 integrates the whole curve).")
+            "0.3, 1.0 integrates the whole curve)."
+        )
     return lim
 
 
 def _degenerate(px: PixelData) -> str | None:
     n_bg = int(px.y.shape[0] - np.count_nonzero(px.y))
     if px.n_regions == 0:
-        return (f"AUPRO is undefined: the masks contain no anomalous region (all "
-                f"{px.y.shape[0]} pixels are background), so PRO divides by zero. "
-                "Returning 0.0.")
+        return (
+            f"AUPRO is undefined: the masks contain no anomalous region (all "
+            f"{px.y.shape[0]} pixels are background), so PRO divides by zero. "
+            "Returning 0.0."
+        )
     if n_bg == 0:
-        return ("AUPRO is undefined: every pixel is anomalous (no background pixel), so "
-                "the false-positive rate divides by zero. Returning 0.0.")
+        return (
+            "AUPRO is undefined: every pixel is anomalous (no background pixel), so "
+            "the false-positive rate divides by zero. Returning 0.0."
+        )
     return None
 
 

@@ -17,6 +17,7 @@ Definitions:
   (each distinct score, predicting anomalous when score >= threshold), as reported for VisA
   and in anomalib ("F1Max"). It is an optimistic, oracle-threshold number.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """One call for all image- and pixel-level metrics of a test set."""
+
 from __future__ import annotations
 
 from jaxflow_ad.metrics._curves import sweep
@@ -12,12 +13,10 @@ from jaxflow_ad.metrics._inputs import (
 from jaxflow_ad.metrics.aupro import _check_fpr_limit
 from jaxflow_ad.metrics.classification import image_ap, image_auroc, image_f1_max
 
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap",
-               "image_f1_max", "pixel_f1_max")
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max", "pixel_f1_max")
 
 
-def evaluate(labels, image_scores, masks, maps, *, fpr_limit: float = 0.3,
-             resolution="native") -> dict[str, float]:
+def evaluate(labels, image_scores, masks, maps, *, fpr_limit: float = 0.3, resolution="native") -> dict[str, float]:
     """Image AUROC/AP/F1-max and pixel AUROC/AP/F1-max/AUPRO of one test set.
 
     Args:
@@ -61,7 +60,8 @@ def evaluate(labels, image_scores, masks, maps, *, fpr_limit: float = 0.3,
         if n != y.shape[0]:
             raise ValueError(
                 f"evaluate: got {y.shape[0]} labels but {n} {name}; there must be one label, "
-                "one image score, one mask and one map per test image.")
+                "one image score, one mask and one map per test image."
+            )
     require_both_classes(y, "image_auroc", "images")
 
     out = {

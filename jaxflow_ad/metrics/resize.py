@@ -11,6 +11,7 @@ Two conventions exist in the literature (see `evaluate`):
 Maps are resized bilinearly and masks by nearest neighbour, both with half-pixel centres;
 see `jaxflow_ad.metrics._interp` for the exact sampling formula.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,11 @@ from jaxflow_ad.metrics._interp import bilinear_resize, nearest_resize
 
 
 def _is_size(x) -> bool:
-    return (isinstance(x, (tuple, list, np.ndarray)) and len(x) == 2
-            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in x))
+    return (
+        isinstance(x, (tuple, list, np.ndarray))
+        and len(x) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in x)
+    )
 
 
 def _sizes_for(n: int, sizes, name: str) -> list[tuple[int, int]]:
@@ -34,12 +38,13 @@ def _sizes_for(n: int, sizes, name: str) -> list[tuple[int, int]]:
             out = [tuple(int(v) for v in s) for s in sizes]
         except TypeError:
             raise ValueError(
-                f"{name}: sizes={sizes!r}; expected an int, one (H, W) pair or one (H, W) "
-                "pair per image.") from None
+                f"{name}: sizes={sizes!r}; expected an int, one (H, W) pair or one (H, W) pair per image."
+            ) from None
         if len(out) != n or any(len(s) != 2 for s in out):
             raise ValueError(
                 f"{name}: got {len(out)} sizes for {n} images; pass one (H, W) pair per image "
-                "(e.g. [m.shape for m in masks]) or a single (H, W) for all.")
+                "(e.g. [m.shape for m in masks]) or a single (H, W) for all."
+            )
     if any(h <= 0 or w <= 0 for h, w in out):
         raise ValueError(f"{name}: sizes must be positive; got {out[:3]}...")
     return out

@@ -4,6 +4,7 @@ Each entry is ``"module:Class"``; modules are imported on first use so that
 importing the package stays cheap. A method class may define
 ``configure(config, category) -> config`` for per-category settings.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -18,10 +18,12 @@ A method is built from a ``ConfigDict`` and offers:
 Images handed to a method are float32 NHWC in [0, 1]; each method normalises
 them itself.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import jax
 import numpy as np

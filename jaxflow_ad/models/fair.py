@@ -53,10 +53,12 @@ Paper vs official code, and our choices:
   engine shards it; XLA inserts the reduction) and running averages in
   :meth:`FAIR.score` (``model_state["batch_stats"]``).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +67,7 @@ import numpy as np
 import optax
 
 from jaxflow_ad.data import anomaly_synth
-from jaxflow_ad.models.base import State, Stage
+from jaxflow_ad.models.base import Stage, State
 from jaxflow_ad.nn.unet import UNet
 from jaxflow_ad.scoring.fair_score import fair_anomaly_map, image_scores
 from jaxflow_ad.scoring.similarity import restoration_loss
@@ -183,8 +185,11 @@ class FAIR:
         params = variables["params"]
         model_state = {"batch_stats": variables["batch_stats"]}
         return State(
-            step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-            opt_state=self.tx.init(params), stats={},
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            model_state=model_state,
+            opt_state=self.tx.init(params),
+            stats={},
         )
 
     def prepare_batch(self, images: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -197,9 +202,7 @@ class FAIR:
         if "augmented" not in batch:
             raise ValueError("FAIR batches need an 'augmented' entry: prepare them with FAIR.prepare_batch")
         x = self.extract(batch["augmented"])
-        recon, new_vars = self.net.apply(
-            {"params": params, **model_state}, x, train=True, mutable=["batch_stats"]
-        )
+        recon, new_vars = self.net.apply({"params": params, **model_state}, x, train=True, mutable=["batch_stats"])
         loss, parts = restoration_loss(recon, batch["image"], data_range=self.ssim_data_range)
         return loss, (parts, {"batch_stats": new_vars["batch_stats"]})
 
@@ -213,8 +216,11 @@ class FAIR:
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, model_state=new_ms, opt_state=opt_state)
         metrics = {
-            "loss": loss, "mse": parts["mse"], "ssim": parts["ssim"],
-            "grad_norm": optax.global_norm(grads), "lr": self.schedule(state.step),
+            "loss": loss,
+            "mse": parts["mse"],
+            "ssim": parts["ssim"],
+            "grad_norm": optax.global_norm(grads),
+            "lr": self.schedule(state.step),
         }
         return new_state, metrics
 
@@ -229,8 +235,13 @@ class FAIR:
         s = self.config.model.score
         recon = self.reconstruct(state, images)
         maps = fair_anomaly_map(
-            recon, images.astype(jnp.float32), num_scales=int(s.num_scales), gms_c=float(s.gms_c),
-            color_weight=float(s.color_weight), mean_size=int(s.mean_size), channel_order=str(s.lab_channel_order),
+            recon,
+            images.astype(jnp.float32),
+            num_scales=int(s.num_scales),
+            gms_c=float(s.gms_c),
+            color_weight=float(s.color_weight),
+            mean_size=int(s.mean_size),
+            channel_order=str(s.lab_channel_order),
         )
         return maps, image_scores(maps)
 

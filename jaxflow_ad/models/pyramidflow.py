@@ -42,11 +42,12 @@ The ResNet18-encoder variant replaces step 1 with a frozen ImageNet ResNet18
 stem (conv1, bn1, relu, maxpool, layer1: 64 channels at 1/4 resolution); its
 seam is :meth:`PyramidFlowNet.encode` and the ``model.encoder`` key.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +58,7 @@ import optax
 from jaxflow_ad.flows import pyramid as pyr
 from jaxflow_ad.flows.pyramid_coupling import PyramidCoupling, pyramid_schedule
 from jaxflow_ad.flows.reversible import chain_forward, chain_inverse
-from jaxflow_ad.models.base import State, Stage
+from jaxflow_ad.models.base import Stage, State
 from jaxflow_ad.nn.conv import resolve_impl
 from jaxflow_ad.spectral.fourier_loss import mean_abs_fft2
 
@@ -68,12 +69,24 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 # transistor, 2 for screw, 4 otherwise; SVN for carpet, grid, bottle, transistor, CVN
 # otherwise; flips + rot90 for the texture classes (paper Sec. 4.4).
 _TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
-_OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush",
-            "transistor", "zipper")
+_OBJECTS = (
+    "bottle",
+    "cable",
+    "capsule",
+    "hazelnut",
+    "metal_nut",
+    "pill",
+    "screw",
+    "toothbrush",
+    "transistor",
+    "zipper",
+)
 CATEGORY_SETTINGS: dict[str, dict] = {
-    c: {"levels": {"metal_nut": 8, "carpet": 8, "transistor": 8, "screw": 2}.get(c, 4),
+    c: {
+        "levels": {"metal_nut": 8, "carpet": 8, "transistor": 8, "screw": 2}.get(c, 4),
         "volume_norm": "SVN" if c in ("carpet", "grid", "bottle", "transistor") else "CVN",
-        "augment": c in _TEXTURES}
+        "augment": c in _TEXTURES,
+    }
     for c in _TEXTURES + _OBJECTS
 }
 
@@ -92,8 +105,9 @@ def denormalize(x: jax.Array) -> jax.Array:
 def pair_indices(batch: int) -> tuple[np.ndarray, np.ndarray]:
     """All pairs ``i < j`` (official ``np.triu_indices(batch, 1)``)."""
     if batch < 2:
-        raise ValueError(f"the pairwise loss needs a batch of at least 2 images, got {batch} "
-                         "(config key train.batch_size)")
+        raise ValueError(
+            f"the pairwise loss needs a batch of at least 2 images, got {batch} (config key train.batch_size)"
+        )
     return np.triu_indices(batch, 1)
 
 
@@ -122,8 +136,9 @@ def gaussian_nll(levels: Sequence[jax.Array], logdet: jax.Array) -> jax.Array:
     return jnp.mean(nll) / n_dims
 
 
-def anomaly_map(levels: Sequence[jax.Array], template: Sequence[jax.Array], up: str = "nearest",
-                difference: str = "pyramid") -> jax.Array:
+def anomaly_map(
+    levels: Sequence[jax.Array], template: Sequence[jax.Array], up: str = "nearest", difference: str = "pyramid"
+) -> jax.Array:
     """Eq. 10: ``compose(|z_d - template_d|)``, channel mean -> ``[B, H, W]``.
 
     ``difference="composed"`` is ablation III: ``|compose(z) - compose(template)|``.
@@ -161,18 +176,26 @@ class PyramidFlowNet:
     fast_down: bool = True
     reversible: bool = False
     encoder: str = "none"
-    conv_impl: str = "auto"       # "auto" | "xla" | "im2col" | "fft" | "fft_grad" (jaxflow_ad.nn.conv)
-    up_polyphase: bool = True     # 'up' blocks: first conv as 4 polyphase convs at half resolution
+    conv_impl: str = "auto"  # "auto" | "xla" | "im2col" | "fft" | "fft_grad" (jaxflow_ad.nn.conv)
+    up_polyphase: bool = True  # 'up' blocks: first conv as 4 polyphase convs at half resolution
     # Pretrained-encoder variant: (flax module, tap name, mean, std) from jaxflow_ad.backbones.
     backbone: tuple | None = None
 
     @functools.cached_property
     def layers(self) -> tuple[PyramidCoupling, ...]:
-        return tuple(PyramidCoupling(kind, start, self.channels, self.ksize, self.volume_norm,
-                                     fast_down=self.fast_down,
-                                     conv_impl=resolve_impl(self.conv_impl, reversible=self.reversible),
-                                     up_polyphase=self.up_polyphase)
-                     for kind, start in pyramid_schedule(self.levels, self.stacks))
+        return tuple(
+            PyramidCoupling(
+                kind,
+                start,
+                self.channels,
+                self.ksize,
+                self.volume_norm,
+                fast_down=self.fast_down,
+                conv_impl=resolve_impl(self.conv_impl, reversible=self.reversible),
+                up_polyphase=self.up_polyphase,
+            )
+            for kind, start in pyramid_schedule(self.levels, self.stacks)
+        )
 
     @property
     def names(self) -> list[str]:
@@ -188,8 +211,7 @@ class PyramidFlowNet:
             encoder = {"in_proj": orthogonal_projection(k_proj, self.channels)}
         else:
             encoder = {"backbone": backbone_variables}
-        feat_shape = jax.eval_shape(lambda e: self.encode({"encoder": e}, jnp.zeros((1, h, w, 3))),
-                                    encoder).shape
+        feat_shape = jax.eval_shape(lambda e: self.encode({"encoder": e}, jnp.zeros((1, h, w, 3))), encoder).shape
         if feat_shape[-1] != self.channels:
             raise ValueError(f"model.channels={self.channels} but the encoder gives {feat_shape[-1]} channels")
         pyr.check_divisible(feat_shape, self.levels)
@@ -223,9 +245,14 @@ class PyramidFlowNet:
     def forward(self, params, model_state, x: jax.Array, *, train: bool = False):
         """Normalised images -> ``(latent levels, logdet [B], new model_state)``."""
         feats = pyr.decompose(self.encode(model_state, x), self.levels, self.pyramid_down, self.pyramid_up)
-        z, logdet, new_vars = chain_forward(self.layers, self._variables(params, model_state), feats,
-                                            train=train, reversible=self.reversible and train,
-                                            period=len(self.layers) // self.stacks)
+        z, logdet, new_vars = chain_forward(
+            self.layers,
+            self._variables(params, model_state),
+            feats,
+            train=train,
+            reversible=self.reversible and train,
+            period=len(self.layers) // self.stacks,
+        )
         blocks = {n: {k: c for k, c in v.items() if k != "params"} for n, v in zip(self.names, new_vars)}
         return z, logdet, dict(model_state, blocks=blocks)
 
@@ -239,9 +266,9 @@ class PyramidFlowNet:
         then the least-squares solution of ``W I = x`` through the 3->C projection.
         Returns RGB in [0, 1] (clipped)."""
         feat = pyr.compose(self.inverse(params, model_state, z), self.pyramid_up)
-        proj = model_state["encoder"]["in_proj"]                     # [3, C]; x = I @ proj
+        proj = model_state["encoder"]["in_proj"]  # [3, C]; x = I @ proj
         b, h, w, c = feat.shape
-        sol, *_ = jnp.linalg.lstsq(proj.T, feat.reshape(-1, c).T)   # proj.T @ I^T = x^T
+        sol, *_ = jnp.linalg.lstsq(proj.T, feat.reshape(-1, c).T)  # proj.T @ I^T = x^T
         img = denormalize(sol.T.reshape(b, h, w, 3))
         return jnp.clip(img, 0.0, 1.0)
 
@@ -269,14 +296,18 @@ def load_encoder(m: ml_collections.ConfigDict):
     them :func:`jaxflow_ad.backbones.load_backbone` falls back to EfficientNet-Lite0
     at the same stride and says so in the note.
     """
-    from jaxflow_ad import backbones   # imported only for this variant
+    from jaxflow_ad import backbones  # imported only for this variant
 
     if m.encoder not in ENCODERS:
         raise ValueError(f"unknown model.encoder {m.encoder!r}; use 'none' or one of {sorted(ENCODERS)}")
     tap = ENCODERS[m.encoder]
     b = m.get("backbone", ml_collections.ConfigDict())
-    cfg = {"arch": m.encoder, "weights": b.get("weights") or None, "taps": (tap,),
-           "random_init": bool(b.get("random_init", False))}
+    cfg = {
+        "arch": m.encoder,
+        "weights": b.get("weights") or None,
+        "taps": (tap,),
+        "random_init": bool(b.get("random_init", False)),
+    }
     loaded = backbones.load_backbone(cfg)
     module, variables = loaded
     feats = jax.eval_shape(lambda v: module.apply(v, jnp.zeros((1, 64, 64, 3))), variables)
@@ -287,10 +318,21 @@ def load_encoder(m: ml_collections.ConfigDict):
 def net_from_config(m: ml_collections.ConfigDict, backbone=None, channels=None) -> PyramidFlowNet:
     if m.loss not in LOSSES:
         raise ValueError(f"unknown model.loss {m.loss!r}; use one of {LOSSES}")
-    return PyramidFlowNet(channels=channels or m.channels, levels=m.levels, stacks=m.stacks, ksize=m.ksize,
-                          volume_norm=m.volume_norm, pyramid_down=m.pyramid_down, pyramid_up=m.pyramid_up,
-                          fast_down=m.fast_down, reversible=m.reversible, encoder=m.encoder, backbone=backbone,
-                          conv_impl=m.get("conv_impl", "auto"), up_polyphase=m.get("up_polyphase", True))
+    return PyramidFlowNet(
+        channels=channels or m.channels,
+        levels=m.levels,
+        stacks=m.stacks,
+        ksize=m.ksize,
+        volume_norm=m.volume_norm,
+        pyramid_down=m.pyramid_down,
+        pyramid_up=m.pyramid_up,
+        fast_down=m.fast_down,
+        reversible=m.reversible,
+        encoder=m.encoder,
+        backbone=backbone,
+        conv_impl=m.get("conv_impl", "auto"),
+        up_polyphase=m.get("up_polyphase", True),
+    )
 
 
 class PyramidFlow:
@@ -304,7 +346,7 @@ class PyramidFlow:
         self._backbone_variables = None
         if config.model.encoder == "none":
             self.net = net_from_config(config.model)
-        else:   # the official code forces C to the encoder's channels (64 for ResNet18)
+        else:  # the official code forces C to the encoder's channels (64 for ResNet18)
             backbone, self._backbone_variables, note, channels = load_encoder(config.model)
             self.notes.append(note)
             self.net = net_from_config(config.model, backbone, channels)
@@ -324,8 +366,13 @@ class PyramidFlow:
     # -------------------------------------------------------------- training
     def init(self, rng: jax.Array, image_shape: tuple[int, int, int]) -> State:
         params, model_state = self.net.init(rng, image_shape, self._backbone_variables)
-        return State(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                     opt_state=self.tx.init(params), stats={})
+        return State(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            model_state=model_state,
+            opt_state=self.tx.init(params),
+            stats={},
+        )
 
     def loss(self, params, model_state, images: jax.Array):
         """``(loss, new model_state)`` for a batch of [0,1] images."""
@@ -342,7 +389,8 @@ class PyramidFlow:
     def train_step(self, state: State, batch, rng: jax.Array):
         del rng  # deterministic given the batch
         (loss, new_ms), grads = jax.value_and_grad(self.loss, has_aux=True)(
-            state.params, state.model_state, batch["image"])
+            state.params, state.model_state, batch["image"]
+        )
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, model_state=new_ms, opt_state=opt_state)
@@ -429,13 +477,13 @@ def from_official_state_dict(sd, net: PyramidFlowNet, params_template=None, mode
         if pre + "conv1x1.w_p" in sd:
             blk["constants"]["lu"]["perm"] = take(pre + "conv1x1.w_p")
             blk["constants"]["lu"]["sign"] = take(pre + "conv1x1.s_sign")
-            for n in ("u_mask", "l_mask", "l_eye"):      # derivable; checked, not stored
+            for n in ("u_mask", "l_mask", "l_eye"):  # derivable; checked, not stored
                 used.add(pre + f"conv1x1.{n}")
         k = pre + "affineParams.norm.running_mean"
         if k in sd and "volume_norm" in blk:
             rm = nchw_to_nhwc(take(k))
             ours = blk["volume_norm"]["affine"]["norm"]["running_mean"]
-            if rm.shape[1] > ours.shape[1]:            # fine grid -> the even pixels we keep
+            if rm.shape[1] > ours.shape[1]:  # fine grid -> the even pixels we keep
                 step = rm.shape[1] // ours.shape[1]
                 rm = rm[:, ::step, ::step]
             blk["volume_norm"]["affine"]["norm"]["running_mean"] = np.broadcast_to(rm, ours.shape).astype(np.float32)
@@ -443,7 +491,9 @@ def from_official_state_dict(sd, net: PyramidFlowNet, params_template=None, mode
         ms["encoder"]["in_proj"] = take("inconv.weight")[:, :, 0, 0].T
     extra = sorted(set(sd) - used)
     if extra:
-        raise KeyError(f"official state dict has keys this PyramidFlowNet does not use (wrong levels/stacks?): "
-                       f"{extra[:5]}{' ...' if len(extra) > 5 else ''}")
+        raise KeyError(
+            f"official state dict has keys this PyramidFlowNet does not use (wrong levels/stacks?): "
+            f"{extra[:5]}{' ...' if len(extra) > 5 else ''}"
+        )
     cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), t)
     return cast(params), cast(ms)

@@ -1,4 +1,5 @@
 """Non-invertible building blocks: UNet, convolutions with a CPU-friendly weight gradient."""
+
 from jaxflow_ad.nn.conv import conv2d, conv2d_nearest_up2
 from jaxflow_ad.nn.unet import UNet, upsample_bilinear_align_corners
 

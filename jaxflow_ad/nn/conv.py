@@ -45,9 +45,10 @@ to float rounding.
 
 Layouts: NHWC inputs, HWIO kernels, no bias.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -69,8 +70,14 @@ def _out_size(n: int, k: int, stride: int) -> int:
     return (n - k) // stride + 1
 
 
-def weight_grad_im2col(x: jax.Array, dy: jax.Array, ksize: tuple[int, int], stride: int,
-                       padding: Sequence[tuple[int, int]], block_pixels: int = _BLOCK_PIXELS) -> jax.Array:
+def weight_grad_im2col(
+    x: jax.Array,
+    dy: jax.Array,
+    ksize: tuple[int, int],
+    stride: int,
+    padding: Sequence[tuple[int, int]],
+    block_pixels: int = _BLOCK_PIXELS,
+) -> jax.Array:
     """``d/dw`` of ``sum(dy * conv(x, w))``: ``dw[u,v,i,o] = sum_{b,h,w} xpad[b, s*h+u, s*w+v, i] dy[b,h,w,o]``.
 
     Computed as a ``lax.scan`` over blocks of ``R`` output rows of
@@ -84,7 +91,7 @@ def weight_grad_im2col(x: jax.Array, dy: jax.Array, ksize: tuple[int, int], stri
     rows = max(1, min(ho, block_pixels // max(1, b * wo)))
     n_blocks = -(-ho // rows)
     ho_pad = n_blocks * rows
-    if ho_pad != ho:               # zero rows of dy add nothing; give them input rows too
+    if ho_pad != ho:  # zero rows of dy add nothing; give them input rows too
         dy = jnp.pad(dy, ((0, 0), (0, ho_pad - ho), (0, 0), (0, 0)))
     need_rows = s * (ho_pad - 1) + kh
     if xp.shape[1] < need_rows:
@@ -97,7 +104,7 @@ def weight_grad_im2col(x: jax.Array, dy: jax.Array, ksize: tuple[int, int], stri
         for u in range(kh):
             band = lax.dynamic_slice_in_dim(xp, s * h0 + u, span, axis=1)[:, ::s]
             for v in range(kw):
-                cols.append(band[:, :, v:v + s * (wo - 1) + 1:s, :])
+                cols.append(band[:, :, v : v + s * (wo - 1) + 1 : s, :])
         patches = jnp.concatenate(cols, axis=-1).reshape(-1, kh * kw * c_in)
         d = lax.dynamic_slice_in_dim(dy, h0, rows, axis=1).reshape(-1, c_out)
         return acc + jnp.dot(patches.T, d, precision=lax.Precision.HIGHEST), None
@@ -113,7 +120,7 @@ _conv_im2col = jax.custom_vjp(_xla_conv, nondiff_argnums=(2, 3))
 
 
 def _direct_fwd(x, w, stride, padding):
-    return _xla_conv(x, w, stride, padding), (x, w)   # direct forward; the backward works from (x, w)
+    return _xla_conv(x, w, stride, padding), (x, w)  # direct forward; the backward works from (x, w)
 
 
 def _conv_im2col_bwd(stride, padding, res, dy):
@@ -151,8 +158,8 @@ def _overlapping_tiles(x: jax.Array, axis: int, n: int, step: int, length: int) 
     ``length - step <= step``.
     """
     shape = x.shape
-    body = lax.slice_in_dim(x, 0, n * step, axis=axis).reshape(shape[:axis] + (n, step) + shape[axis + 1:])
-    nxt = lax.slice_in_dim(x, step, (n + 1) * step, axis=axis).reshape(shape[:axis] + (n, step) + shape[axis + 1:])
+    body = lax.slice_in_dim(x, 0, n * step, axis=axis).reshape(shape[:axis] + (n, step) + shape[axis + 1 :])
+    nxt = lax.slice_in_dim(x, step, (n + 1) * step, axis=axis).reshape(shape[:axis] + (n, step) + shape[axis + 1 :])
     nxt = lax.slice_in_dim(nxt, 0, length - step, axis=axis + 1)
     return jnp.concatenate([body, nxt], axis=axis + 1)
 
@@ -186,15 +193,16 @@ def conv2d_fft(x: jax.Array, w: jax.Array, padding="SAME", tiles: tuple[int, int
         raise ValueError(f"tile {th}x{tw} too small for a {kh}x{kw} kernel (need T >= 2k-1)")
     nh, nw = -(-ho // sh), -(-wo // sw)
     xp = jnp.pad(x, ((0, 0), (plo, (nh + 1) * sh - h - plo), (qlo, (nw + 1) * sw - wd - qlo), (0, 0)))
-    t = _overlapping_tiles(_overlapping_tiles(xp, 1, nh, sh, th), 3, nw, sw, tw)   # B nh Th nw Tw I
+    t = _overlapping_tiles(_overlapping_tiles(xp, 1, nh, sh, th), 3, nw, sw, tw)  # B nh Th nw Tw I
     r, nf = b * nh * nw, th * (tw // 2 + 1)
     t = t.transpose(0, 1, 3, 5, 2, 4).reshape(r * ci, th, tw)
     xf = jnp.fft.rfft2(t).reshape(r, ci, nf)
-    xf = jnp.concatenate([xf.real, xf.imag], axis=1).transpose(2, 0, 1)          # [F, R, 2I] real
+    xf = jnp.concatenate([xf.real, xf.imag], axis=1).transpose(2, 0, 1)  # [F, R, 2I] real
     wk = jnp.pad(w.transpose(2, 3, 0, 1), ((0, 0), (0, 0), (0, th - kh), (0, tw - kw))).reshape(ci * co, th, tw)
-    wf = jnp.conj(jnp.fft.rfft2(wk)).reshape(ci, co, nf).transpose(2, 0, 1)       # [F, I, O] complex
-    wb = jnp.concatenate([jnp.concatenate([wf.real, wf.imag], axis=2),
-                          jnp.concatenate([-wf.imag, wf.real], axis=2)], axis=1)   # [F, 2I, 2O] real
+    wf = jnp.conj(jnp.fft.rfft2(wk)).reshape(ci, co, nf).transpose(2, 0, 1)  # [F, I, O] complex
+    wb = jnp.concatenate(
+        [jnp.concatenate([wf.real, wf.imag], axis=2), jnp.concatenate([-wf.imag, wf.real], axis=2)], axis=1
+    )  # [F, 2I, 2O] real
     yf = lax.dot_general(xf, wb, (((2,), (1,)), ((0,), (0,))), precision=lax.Precision.HIGHEST)
     yf = lax.complex(yf[..., :co], yf[..., co:]).transpose(1, 2, 0).reshape(r * co, th, tw // 2 + 1)
     y = jnp.fft.irfft2(yf, s=(th, tw))[:, :sh, :sw].reshape(b, nh, nw, co, sh, sw)
@@ -290,7 +298,7 @@ def _phase_matrices(k: int, pad: int):
     """0/1 matrices ``[2(phase), n_taps, k]`` grouping the taps of a k-tap 1-D kernel
     applied to a x2 nearest-upsampled signal, per output phase, on the union of
     the coarse offsets of both phases; and the coarse padding ``(lo, hi)``."""
-    coarse = [[(a + u - pad) // 2 for u in range(k)] for a in (0, 1)]   # floor division
+    coarse = [[(a + u - pad) // 2 for u in range(k)] for a in (0, 1)]  # floor division
     lo = min(min(c) for c in coarse)
     hi = max(max(c) for c in coarse)
     m = np.zeros((2, hi - lo + 1, k), np.float32)
@@ -318,7 +326,7 @@ def conv2d_nearest_up2(x: jax.Array, w: jax.Array, impl: str = "xla") -> jax.Arr
     mc, pad_w = _phase_matrices(kw, kw // 2)
     wp = jnp.einsum("amu,cnv,uvio->mniaco", ma, mc, w, precision=lax.Precision.HIGHEST)
     wp = wp.reshape(wp.shape[:3] + (4 * w.shape[-1],))
-    y = conv2d(x, wp, 1, (pad_h, pad_w), impl)                     # [B, H, W, 2(a)*2(c)*O]
+    y = conv2d(x, wp, 1, (pad_h, pad_w), impl)  # [B, H, W, 2(a)*2(c)*O]
     y = y.reshape(b, h, wd, 2, 2, w.shape[-1]).transpose(0, 1, 3, 2, 4, 5)
     return y.reshape(b, 2 * h, 2 * wd, w.shape[-1])
 

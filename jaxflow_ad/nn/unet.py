@@ -25,9 +25,10 @@ to update them.
 
 Input height and width must be divisible by ``2 ** (len(multipliers) - 1)``.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -84,12 +85,10 @@ class ConvBNReLU(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         fan_in = 9 * x.shape[-1]
-        x = nn.Conv(
-            self.features, (3, 3), padding=1, kernel_init=_normal(0.0, 0.02), bias_init=_uniform_bias(fan_in)
-        )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=_normal(1.0, 0.02)
-        )(x)
+        x = nn.Conv(self.features, (3, 3), padding=1, kernel_init=_normal(0.0, 0.02), bias_init=_uniform_bias(fan_in))(
+            x
+        )
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=_normal(1.0, 0.02))(x)
         return nn.relu(x)
 
 
@@ -112,9 +111,7 @@ class UNet(nn.Module):
         levels = len(self.multipliers)
         div = 2 ** (levels - 1)
         if x.ndim != 4 or x.shape[1] % div or x.shape[2] % div:
-            raise ValueError(
-                f"UNet expects NHWC input with height and width divisible by {div}, got shape {x.shape}"
-            )
+            raise ValueError(f"UNet expects NHWC input with height and width divisible by {div}, got shape {x.shape}")
         widths = [self.base_width * m for m in self.multipliers]
         skips = []
         for level, width in enumerate(widths):

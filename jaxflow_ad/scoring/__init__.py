@@ -1,4 +1,5 @@
 """Similarity and anomaly-scoring functions (SSIM, MSGMS, CIELAB, FAIR's anomaly map)."""
+
 from jaxflow_ad.scoring.color import rgb_to_lab
 from jaxflow_ad.scoring.fair_score import color_difference_map, fair_anomaly_map, image_scores
 from jaxflow_ad.scoring.similarity import (

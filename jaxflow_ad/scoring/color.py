@@ -15,6 +15,7 @@ reconstruction to its Lab conversion); values below 0 follow the linear
 branches. The official code reaches Lab through kornia's ``rgb_to_lab`` with
 the same formulas.
 """
+
 from __future__ import annotations
 
 import jax

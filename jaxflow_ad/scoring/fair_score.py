@@ -16,6 +16,7 @@ RGB); ``channel_order="bgr"`` reverses the channels before the conversion to
 reproduce the official numbers. The reconstruction is not clamped, as in the
 official code.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -30,9 +31,7 @@ COLOR_WEIGHT = 3e-4
 MEAN_FILTER_SIZE = 21
 
 
-def color_difference_map(
-    recon: jax.Array, image: jax.Array, channel_order: Literal["rgb", "bgr"] = "rgb"
-) -> jax.Array:
+def color_difference_map(recon: jax.Array, image: jax.Array, channel_order: Literal["rgb", "bgr"] = "rgb") -> jax.Array:
     """Eq. 9: squared a*/b* differences ``[B, H, W]`` of NHWC colour images in [0, 1]."""
     if channel_order == "bgr":
         recon, image = recon[..., ::-1], image[..., ::-1]

@@ -30,6 +30,7 @@ The mean filter of FAIR Eq. 10 (``f_mean``, 21x21) divides by ``k^2``
 everywhere and pads with zeros, as the official ``mean_smoothing`` does, so
 values fall off within 10 px of the border.
 """
+
 from __future__ import annotations
 
 import jax

@@ -4,6 +4,7 @@
 ``jaxflow_ad.spectral.sobel.sobel``); the package does not re-export that
 function so the module name is not shadowed.
 """
+
 from jaxflow_ad.spectral.filters import (
     apply_centered_transfer,
     butterworth_highpass,
@@ -24,8 +25,19 @@ from jaxflow_ad.spectral.sobel import (
 )
 
 __all__ = [
-    "apply_centered_transfer", "butterworth_highpass", "central_difference_transfer", "frequency_distance",
-    "gaussian_highpass", "highpass_filter", "highpass_transfer", "ideal_highpass", "mean_abs_fft2",
-    "mean_abs_fft2_reference", "rgb_to_gray", "sobel_features", "sobel_fft", "sobel_kernel",
+    "apply_centered_transfer",
+    "butterworth_highpass",
+    "central_difference_transfer",
+    "frequency_distance",
+    "gaussian_highpass",
+    "highpass_filter",
+    "highpass_transfer",
+    "ideal_highpass",
+    "mean_abs_fft2",
+    "mean_abs_fft2_reference",
+    "rgb_to_gray",
+    "sobel_features",
+    "sobel_fft",
+    "sobel_kernel",
     "sobel_transfer",
 ]

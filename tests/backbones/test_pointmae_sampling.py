@@ -5,7 +5,7 @@ scans keeping the first maximum, then the pairwise tree reduction that keeps
 the lower slot on ties); the KNN reference is a stable argsort of float32
 squared distances (KNN_CUDA's insertion sort). See notes/pointcloud.md section 3.
 """
-import functools
+
 import math
 
 import jax
@@ -72,7 +72,7 @@ _knn = jax.jit(knn, static_argnames=("k",))
 def test_fps_ties_match_cuda_model(n, m, seed):
     pts = grid_cloud(n, seed)
     pts[0] = (1, 2, 3)  # start point valid
-    pts[5] = 0          # near-origin points are skipped by the kernel
+    pts[5] = 0  # near-origin points are skipped by the kernel
     ref = fps_reference(pts, m)
     got = np.asarray(_fps(jnp.asarray(pts), num_samples=m))
     np.testing.assert_array_equal(got, ref)

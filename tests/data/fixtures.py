@@ -1,4 +1,5 @@
 """Tiny folders in the MVTec AD layout, written into a test's tmp_path."""
+
 from __future__ import annotations
 
 import pathlib
@@ -18,7 +19,7 @@ def _image(rng: np.random.Generator, gray: bool = False) -> Image.Image:
 
 def _mask(index: int, value: int = 255) -> Image.Image:
     m = np.zeros((H, W), np.uint8)
-    m[2 + index: 8 + index, 3: 10 + index] = value
+    m[2 + index : 8 + index, 3 : 10 + index] = value
     return Image.fromarray(m, "L")
 
 
@@ -26,9 +27,15 @@ def mask_array(index: int) -> np.ndarray:
     return np.asarray(_mask(index)) > 0
 
 
-def write_mvtec(root: pathlib.Path, category: str = "widget", *, n_train: int = 3,
-                n_good: int = 2, defects: dict[str, int] | None = None,
-                seed: int = 0) -> pathlib.Path:
+def write_mvtec(
+    root: pathlib.Path,
+    category: str = "widget",
+    *,
+    n_train: int = 3,
+    n_good: int = 2,
+    defects: dict[str, int] | None = None,
+    seed: int = 0,
+) -> pathlib.Path:
     """Write ``root/category`` in the MVTec AD layout and return ``root``.
 
     Train and test/good hold RGB images, except test/good/000 which is
@@ -50,7 +57,6 @@ def write_mvtec(root: pathlib.Path, category: str = "widget", *, n_train: int = 
         (cat / "ground_truth" / name).mkdir(parents=True)
         for i in range(n):
             _image(rng).save(cat / "test" / name / f"{i:03d}.png")
-            _mask(i, 255 if k == 0 else 1).save(
-                cat / "ground_truth" / name / f"{i:03d}_mask.png")
+            _mask(i, 255 if k == 0 else 1).save(cat / "ground_truth" / name / f"{i:03d}_mask.png")
     (pathlib.Path(root) / "license.txt").write_text("fixture\n")
     return pathlib.Path(root)

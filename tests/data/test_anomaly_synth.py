@@ -1,4 +1,5 @@
 """Synthetic anomalies: Perlin masks, large CutPaste, texture sources, batching."""
+
 import os
 
 import numpy as np
@@ -12,7 +13,9 @@ def _images(n=4, size=32, seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
     base = 0.5 + 0.25 * np.sin(2 * np.pi * (3 * xx + rng.random((n, 1, 1))))
-    return np.clip(np.stack([base, base * 0.8, 0.3 + 0 * base], -1) + 0.05 * rng.random((n, size, size, 3)), 0, 1).astype(np.float32)
+    return np.clip(
+        np.stack([base, base * 0.8, 0.3 + 0 * base], -1) + 0.05 * rng.random((n, size, size, 3)), 0, 1
+    ).astype(np.float32)
 
 
 def test_perlin_noise_matches_lattice_and_range():
@@ -116,7 +119,9 @@ def test_texture_folder_dtd_layout(tmp_path):
     tex = A.load_texture(files[0], (32, 16))
     assert tex.shape == (32, 16, 3) and tex.dtype == np.float32
     imgs = _images(4, 32)
-    out, masks = A.synthesize(imgs, np.random.default_rng(1), {"p_anomaly": 1.0, "p_cutpaste": 0.0, "texture_root": str(tmp_path)})
+    out, masks = A.synthesize(
+        imgs, np.random.default_rng(1), {"p_anomaly": 1.0, "p_cutpaste": 0.0, "texture_root": str(tmp_path)}
+    )
     assert out.shape == imgs.shape and masks.sum() > 0
     with pytest.raises(FileNotFoundError, match="images/<class>"):
         A.list_texture_files(str(tmp_path / "images" / "banded"))

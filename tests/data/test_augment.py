@@ -1,4 +1,5 @@
 """flip_rot90: the dihedral texture augmentation with albumentations' probabilities."""
+
 import collections
 import itertools
 
@@ -24,7 +25,7 @@ def _expected_distribution(p):
     dist = collections.Counter()
     for h, v, r in itertools.product([0, 1], repeat=3):
         ph = (p if h else 1 - p) * (p if v else 1 - p) * (p if r else 1 - p)
-        for k in (range(4) if r else [0]):
+        for k in range(4) if r else [0]:
             dist[tuple(_apply(REF, h, v, k).ravel())] += ph / (4 if r else 1)
     return dist
 

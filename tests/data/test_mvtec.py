@@ -1,4 +1,5 @@
 """The MVTec AD reader on tiny fixtures written in tmp_path."""
+
 import re
 import shutil
 
@@ -28,8 +29,7 @@ def test_train_split(root):
     assert s.defect_types == ["good"] * 3
     assert [m.shape for m in s.masks] == [(H, W)] * 3
     assert not any(m.any() for m in s.masks)
-    assert [p.rsplit("/", 3)[-3:] for p in s.paths] == [
-        ["train", "good", f"00{i}.png"] for i in range(3)]
+    assert [p.rsplit("/", 3)[-3:] for p in s.paths] == [["train", "good", f"00{i}.png"] for i in range(3)]
 
 
 def test_test_split_order_labels_masks(root):
@@ -70,13 +70,14 @@ def test_masks_at(root):
     m = s.masks_at(10)
     assert m.shape == (5, 10, 10) and m.dtype == bool
     assert not m[2].any() and not m[3].any()
-    want = np.asarray(Image.fromarray(mask_array(1).astype(np.float32), "F")
-                      .resize((10, 10), Image.Resampling.BILINEAR)) >= 0.5
+    want = (
+        np.asarray(Image.fromarray(mask_array(1).astype(np.float32), "F").resize((10, 10), Image.Resampling.BILINEAR))
+        >= 0.5
+    )
     np.testing.assert_array_equal(m[1], want)
     assert m[1].any()
     # At their own size the masks come back unchanged.
-    sq = mvtec.Split(s.images, [np.pad(x, ((0, W - H), (0, 0))) for x in s.masks],
-                     s.labels, s.defect_types, s.paths)
+    sq = mvtec.Split(s.images, [np.pad(x, ((0, W - H), (0, 0))) for x in s.masks], s.labels, s.defect_types, s.paths)
     np.testing.assert_array_equal(sq.masks_at(W), np.stack(sq.masks))
 
 
@@ -109,8 +110,9 @@ def test_missing_root(tmp_path):
 
 
 def test_missing_category_lists_existing(root):
-    with pytest.raises(DatasetError, match=r"'bottle' not found.*" + _match(root / "bottle")
-                       + r".*Categories under .*: widget"):
+    with pytest.raises(
+        DatasetError, match=r"'bottle' not found.*" + _match(root / "bottle") + r".*Categories under .*: widget"
+    ):
         load_split(root, "bottle", "train", 8)
 
 
@@ -139,15 +141,17 @@ def test_mask_size_mismatch(root):
 def test_missing_mask(root):
     (root / "widget" / "ground_truth" / "crack" / "001_mask.png").unlink()
     img = root / "widget" / "test" / "crack" / "001.png"
-    with pytest.raises(DatasetError, match="No mask for the defect image " + _match(img)
-                       + ".*001_mask.png. Add the mask"):
+    with pytest.raises(
+        DatasetError, match="No mask for the defect image " + _match(img) + ".*001_mask.png. Add the mask"
+    ):
         load_split(root, "widget", "test", 8)
 
 
 def test_missing_mask_folder(root):
     shutil.rmtree(root / "widget" / "ground_truth" / "scratch")
-    with pytest.raises(DatasetError, match="Missing mask folder "
-                       + _match(root / "widget" / "ground_truth" / "scratch")):
+    with pytest.raises(
+        DatasetError, match="Missing mask folder " + _match(root / "widget" / "ground_truth" / "scratch")
+    ):
         load_split(root, "widget", "test", 8)
 
 
@@ -161,8 +165,7 @@ def test_orphan_mask(root):
 def test_empty_train_split(root):
     for p in (root / "widget" / "train" / "good").iterdir():
         p.unlink()
-    with pytest.raises(DatasetError, match="train split of 'widget' is empty.*"
-                       + _match(root / "widget" / "train")):
+    with pytest.raises(DatasetError, match="train split of 'widget' is empty.*" + _match(root / "widget" / "train")):
         load_split(root, "widget", "train", 8)
 
 
@@ -175,8 +178,7 @@ def test_unexpected_file_in_image_folder(root):
 
 def test_defect_folder_in_train(root):
     (root / "widget" / "train" / "crack").mkdir()
-    with pytest.raises(DatasetError, match=_match(root / "widget" / "train" / "crack")
-                       + ".*only defect-free"):
+    with pytest.raises(DatasetError, match=_match(root / "widget" / "train" / "crack") + ".*only defect-free"):
         load_split(root, "widget", "train", 8)
 
 
@@ -190,7 +192,7 @@ def test_mask_encodings(tmp_path):
     want = mask_array(0)
     u8 = want.astype(np.uint8)
     rgb = np.zeros(want.shape + (3,), np.uint8)
-    rgb[want, 2] = 200                       # pure blue: luminance alone would round to ~23
+    rgb[want, 2] = 200  # pure blue: luminance alone would round to ~23
     rgba = np.concatenate([rgb, np.full(want.shape + (1,), 255, np.uint8)], -1)
     images = {
         "gray255": Image.fromarray(u8 * 255, "L"),

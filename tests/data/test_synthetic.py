@@ -1,4 +1,5 @@
 """The built-in synthetic dataset: layout, determinism, exact masks, atomic writes."""
+
 import hashlib
 import json
 import re
@@ -128,7 +129,7 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "render_sample", flaky)
     with pytest.raises(KeyboardInterrupt):
         data.ensure_builtin(root, ["nut"], num_workers=1, **SMALL)
-    assert list(root.iterdir()) == []           # neither the category nor a temp dir
+    assert list(root.iterdir()) == []  # neither the category nor a temp dir
     monkeypatch.setattr(synthetic, "render_sample", real)
     data.ensure_builtin(root, ["nut"], **SMALL)
     assert (root / "nut" / synthetic.MANIFEST).is_file()
@@ -143,7 +144,7 @@ def test_reuse_and_regenerate(tmp_path, monkeypatch):
         raise AssertionError("should have been reused")
 
     monkeypatch.setattr(synthetic, "_write_category", fail)
-    data.ensure_builtin(root, ["weave"], **SMALL)          # complete: reused
+    data.ensure_builtin(root, ["weave"], **SMALL)  # complete: reused
     monkeypatch.undo()
     assert manifest.stat().st_mtime_ns == stamp
     # A missing file, other counts or another format version: regenerated.

@@ -1,11 +1,11 @@
 """The tfds builder on a tiny fixture, read back as NumPy without TensorFlow."""
+
 import sys
 
 import numpy as np
 import pytest
 
-from jaxflow_ad.data import DatasetError, load_split
-from jaxflow_ad.data import tfds_mvtec
+from jaxflow_ad.data import DatasetError, load_split, tfds_mvtec
 
 from .fixtures import write_mvtec
 

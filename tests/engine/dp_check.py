@@ -1,8 +1,8 @@
 """Run by test_data_parallel.py in a subprocess with 2 fake CPU devices."""
+
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from configs import pyramidflow as pf_config
@@ -23,14 +23,15 @@ for n in (1, 2):
     losses = []
     for b in batches:
         state, m = step(state, parallel.global_batch(mesh, {"image": b}), jax.random.PRNGKey(1))
-        losses.append(float(m["loss"]))          # syncs every step
+        losses.append(float(m["loss"]))  # syncs every step
     if n == 2:
         assert len(jax.tree_util.tree_leaves(state.params)[0].sharding.device_set) == 2
     out[n] = (losses, jax.device_get(state))
 l1, s1 = out[1]
 l2, s2 = out[2]
 np.testing.assert_allclose(l1, l2, rtol=1e-5)
-for a, b in zip(jax.tree_util.tree_leaves((s1.params, s1.model_state)),
-                jax.tree_util.tree_leaves((s2.params, s2.model_state))):
+for a, b in zip(
+    jax.tree_util.tree_leaves((s1.params, s1.model_state)), jax.tree_util.tree_leaves((s2.params, s2.model_state))
+):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 print("OK", l1, l2)

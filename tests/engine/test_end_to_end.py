@@ -1,4 +1,5 @@
 """End to end through the command line: smoke run, reports, kill-and-resume."""
+
 import json
 import os
 import pathlib
@@ -23,8 +24,7 @@ def _env():
 
 @pytest.mark.timeout(420)
 def test_smoke_end_to_end(tmp_path):
-    proc = subprocess.run(_main(tmp_path / "run"), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=400)
+    proc = subprocess.run(_main(tmp_path / "run"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = tmp_path / "run"
     for f in REPORTS:
@@ -37,10 +37,10 @@ def test_smoke_end_to_end(tmp_path):
         assert cats[cat]["train_time_s"] > 0 and cats[cat]["images_per_s"] > 0
         heat = list((run / cat / "heatmaps").glob("*.png"))
         kinds = {p.name.rsplit("_", 1)[0] for p in heat}
-        assert "good" in kinds and len(kinds) >= 4, kinds        # good + every defect kind
+        assert "good" in kinds and len(kinds) >= 4, kinds  # good + every defect kind
         assert (run / cat / "image_template.png").exists()
     assert "| **mean** |" in (run / "results.md").read_text()
-    assert "| **mean** |" in proc.stdout                         # the table is printed at the end
+    assert "| **mean** |" in proc.stdout  # the table is printed at the end
     assert list((run / "tb").rglob("events.out.tfevents.*"))
 
 
@@ -53,8 +53,7 @@ def _metrics(run):
 def test_kill_and_resume_gives_the_same_metrics(tmp_path):
     args = ["--config.data.categories=coin", "--config.train.epochs=4", "--config.train.checkpoint_every_steps=5"]
     a, b = tmp_path / "a", tmp_path / "b"
-    proc = subprocess.Popen(_main(a, *args), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_main(a, *args), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = a / "coin" / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -76,20 +75,35 @@ def test_kill_and_resume_gives_the_same_metrics(tmp_path):
     assert fresh.returncode == 0, fresh.stderr[-4000:]
     assert _metrics(a) == _metrics(b)
     # the resumed run logged the steps after the checkpoint only once more
-    steps = [json.loads(l)["step"] for l in (a / "log.jsonl").read_text().splitlines()
-             if json.loads(l).get("tag") == "coin" and "train/flow/loss" in json.loads(l)]
+    steps = [
+        json.loads(l)["step"]
+        for l in (a / "log.jsonl").read_text().splitlines()
+        if json.loads(l).get("tag") == "coin" and "train/flow/loss" in json.loads(l)
+    ]
     assert steps[-1] == 60
 
 
 def test_bad_category_is_one_clear_error(tmp_path):
-    proc = subprocess.run(_main(tmp_path / "r", "--config.data.categories=nope"), cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        _main(tmp_path / "r", "--config.data.categories=nope"),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "data.categories names ['nope']" in proc.stderr and "available" in proc.stderr
 
 
 def test_bad_root_is_one_clear_error(tmp_path):
-    proc = subprocess.run(_main(tmp_path / "r", f"--config.data.root={tmp_path / 'missing'}"), cwd=ROOT,
-                          env=_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        _main(tmp_path / "r", f"--config.data.root={tmp_path / 'missing'}"),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert str(tmp_path / "missing") in proc.stderr

@@ -1,4 +1,5 @@
 """Property tests of every invertible layer: round trip, logdet symmetry, logdet == slogdet(jacfwd)."""
+
 import functools
 
 import jax
@@ -19,11 +20,13 @@ def _perturb_params(variables, key, scale=0.2):
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, len(leaves))
     params = jax.tree_util.tree_unflatten(
-        tree, [l + scale * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)])
+        tree, [l + scale * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)]
+    )
     out = dict(variables, params=params)
-    if "volume_norm" in variables:   # non-zero running means so evaluation mode is not trivial
+    if "volume_norm" in variables:  # non-zero running means so evaluation mode is not trivial
         out["volume_norm"] = jax.tree_util.tree_map(
-            lambda l: 0.1 * jax.random.normal(key, l.shape, l.dtype), variables["volume_norm"])
+            lambda l: 0.1 * jax.random.normal(key, l.shape, l.dtype), variables["volume_norm"]
+        )
     return out
 
 
@@ -35,19 +38,20 @@ def _unflat(v, shapes):
     out, i = [], 0
     for s in shapes:
         n = int(np.prod(s))
-        out.append(v[i:i + n].reshape(s))
+        out.append(v[i : i + n].reshape(s))
         i += n
     return tuple(out)
 
 
 # ---------------------------------------------------------------- pyramid
 
+
 @pytest.mark.parametrize("down,up", [("max", "nearest"), ("subsample", "zeros"), ("avg", "nearest")])
 @pytest.mark.parametrize("levels,size", [(1, 8), (3, 16), (4, 24)])
 def test_pyramid_round_trip(down, up, levels, size):
     x = jax.random.normal(jax.random.PRNGKey(levels), (2, size, size, 3))
     pyramid = pyr.decompose(x, levels, down, up)
-    assert [p.shape[1] for p in pyramid] == [size // 2 ** i for i in range(levels)]
+    assert [p.shape[1] for p in pyramid] == [size // 2**i for i in range(levels)]
     np.testing.assert_allclose(pyr.compose(pyramid, up), x, atol=2e-6)
 
 
@@ -59,7 +63,7 @@ def test_pyramid_operators_match_definitions():
     ref = np.zeros_like(np.asarray(x))
     for i in range(8):
         for j in range(8):
-            ref[0, i, j] = np.einsum("uv,uvc->c", k2, xp[0, i:i + 5, j:j + 5])
+            ref[0, i, j] = np.einsum("uv,uvc->c", k2, xp[0, i : i + 5, j : j + 5])
     np.testing.assert_allclose(pyr.binomial_blur(x), ref, atol=1e-6)
     down = pyr.pyramid_down(x, "max")
     np.testing.assert_allclose(down, ref.reshape(1, 4, 2, 4, 2, 2).max(axis=(2, 4)), atol=1e-6)
@@ -74,6 +78,7 @@ def test_pyramid_rejects_indivisible_size():
 
 
 # ---------------------------------------------------------------- layers
+
 
 def test_soft_clamp_bounds_and_slope():
     s = jnp.linspace(-1e4, 1e4, 101)
@@ -128,7 +133,7 @@ def test_lu_conv(vn):
     v = _perturb_params(v, jax.random.PRNGKey(5))
     _, ld = _check_invertible(layer, v, x)
     if vn:
-        np.testing.assert_allclose(ld, 0.0, atol=1e-5)    # volume normalised: |det A| = 1
+        np.testing.assert_allclose(ld, 0.0, atol=1e-5)  # volume normalised: |det A| = 1
     else:
         assert abs(float(ld[0])) > 1e-3
 
@@ -153,8 +158,10 @@ def test_fresh_coupling_is_identity():
 
 
 def _levels(key, batch, size, levels, c):
-    return tuple(jax.random.normal(k, (batch, size // 2 ** i, size // 2 ** i, c))
-                 for i, k in enumerate(jax.random.split(key, levels)))
+    return tuple(
+        jax.random.normal(k, (batch, size // 2**i, size // 2**i, c))
+        for i, k in enumerate(jax.random.split(key, levels))
+    )
 
 
 @pytest.mark.parametrize("kind,start,levels", [("up", 0, 2), ("down", 0, 2), ("down", 1, 3), ("dual", 0, 3)])
@@ -182,8 +189,7 @@ def test_fast_down_block_equals_full_resolution_subnet():
     full = PyramidCoupling("down", 0, channels=3, ksize=3, volume_norm="CVN", fast_down=False)
     va = _perturb_params(fast.init(jax.random.PRNGKey(0), x, method=fast.forward), jax.random.PRNGKey(1))
     va["volume_norm"] = jax.tree_util.tree_map(jnp.zeros_like, va["volume_norm"])
-    vb = dict(full.init(jax.random.PRNGKey(0), x, method=full.forward), params=va["params"],
-              constants=va["constants"])
+    vb = dict(full.init(jax.random.PRNGKey(0), x, method=full.forward), params=va["params"], constants=va["constants"])
     for train in (True, False):
         (ya, la), ua = fast.apply(va, x, train=train, method=fast.forward, mutable=["volume_norm"])
         (yb, lb), ub = full.apply(vb, x, train=train, method=full.forward, mutable=["volume_norm"])
@@ -197,24 +203,29 @@ def test_fast_down_block_equals_full_resolution_subnet():
         assert float(jnp.abs(rm_a).max()) > 0
 
 
-@pytest.mark.parametrize("levels,expected", [
-    (2, [("down", 0), ("up", 0)]),
-    (4, [("dual", 0), ("down", 2), ("up", 0), ("dual", 1)]),
-    (8, [("dual", 0), ("dual", 2), ("dual", 4), ("down", 6), ("up", 0), ("dual", 1), ("dual", 3), ("dual", 5)]),
-])
+@pytest.mark.parametrize(
+    "levels,expected",
+    [
+        (2, [("down", 0), ("up", 0)]),
+        (4, [("dual", 0), ("down", 2), ("up", 0), ("dual", 1)]),
+        (8, [("dual", 0), ("dual", 2), ("dual", 4), ("down", 6), ("up", 0), ("dual", 1), ("dual", 3), ("dual", 5)]),
+    ],
+)
 def test_official_schedule(levels, expected):
     assert pyramid_schedule(levels, 1) == expected
     assert pyramid_schedule(levels, 3) == expected * 3
-    for stack in [pyramid_schedule(levels, 1)]:   # every level transformed exactly once per stack
+    for stack in [pyramid_schedule(levels, 1)]:  # every level transformed exactly once per stack
         targets = sorted(s if k == "up" else s + 1 for k, s in stack)
         assert targets == list(range(levels))
 
 
 # ---------------------------------------------------------------- chains and reversible backprop
 
+
 def _coupling_chain(depth, c=4):
-    return [ChannelAffineCoupling(channels=c, hidden=8, ksize=3, volume_norm="CVN", flip=bool(i % 2))
-            for i in range(depth)]
+    return [
+        ChannelAffineCoupling(channels=c, hidden=8, ksize=3, volume_norm="CVN", flip=bool(i % 2)) for i in range(depth)
+    ]
 
 
 @pytest.mark.parametrize("period", [None, 2])
@@ -222,8 +233,10 @@ def test_chain_round_trip_and_reversible_gradients(period):
     """Reversible gradients equal autodiff, unrolled and as a scan over repetitions."""
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
     layers = _coupling_chain(6)
-    variables = [_perturb_params(l.init(jax.random.PRNGKey(i), x, method=l.forward), jax.random.PRNGKey(10 + i), 0.05)
-                 for i, l in enumerate(layers)]
+    variables = [
+        _perturb_params(l.init(jax.random.PRNGKey(i), x, method=l.forward), jax.random.PRNGKey(10 + i), 0.05)
+        for i, l in enumerate(layers)
+    ]
     y, ld, _ = chain_forward(layers, variables, x, train=False)
     xr, ld_inv = chain_inverse(layers, variables, y, train=False)
     np.testing.assert_allclose(xr, x, atol=1e-5)
@@ -232,7 +245,7 @@ def test_chain_round_trip_and_reversible_gradients(period):
     def loss(params, rev):
         vs = [dict(v, params=p) for v, p in zip(variables, params)]
         y, ld, new = chain_forward(layers, vs, x, train=True, reversible=rev, period=period if rev else None)
-        return jnp.mean(y ** 2) - 1e-3 * jnp.mean(ld), new
+        return jnp.mean(y**2) - 1e-3 * jnp.mean(ld), new
 
     params = [v["params"] for v in variables]
     (l0, n0), g0 = jax.value_and_grad(functools.partial(loss, rev=False), has_aux=True)(params)
@@ -240,17 +253,19 @@ def test_chain_round_trip_and_reversible_gradients(period):
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
     flat0, flat1 = jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)
     num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(flat0, flat1)) ** 0.5
-    den = sum(float(jnp.sum(a ** 2)) for a in flat0) ** 0.5
+    den = sum(float(jnp.sum(a**2)) for a in flat0) ** 0.5
     assert den > 0 and num / den <= 1e-5
     # running means updated once, identically on both paths
-    for a, b in zip(jax.tree_util.tree_leaves([v["volume_norm"] for v in n0]),
-                    jax.tree_util.tree_leaves([v["volume_norm"] for v in n1])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves([v["volume_norm"] for v in n0]),
+        jax.tree_util.tree_leaves([v["volume_norm"] for v in n1]),
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_reversible_period_must_divide_a_repeating_chain():
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 4, 4))
-    layers = _coupling_chain(6)          # flip alternates: period 2, not 3 or 4
+    layers = _coupling_chain(6)  # flip alternates: period 2, not 3 or 4
     variables = [l.init(jax.random.PRNGKey(i), x, method=l.forward) for i, l in enumerate(layers)]
     for bad in (3, 4):
         with pytest.raises(ValueError, match="repetition"):

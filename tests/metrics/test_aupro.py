@@ -1,4 +1,5 @@
 """AUPRO: hand-computed cases and an independent slow reference (threshold sweep)."""
+
 import warnings
 
 import numpy as np
@@ -69,7 +70,7 @@ def _random_case(seed, n=3, size=(10, 12), quantize=None):
         for _ in range(rng.integers(1, 4)):
             y, x = rng.integers(0, size[0] - 2), rng.integers(0, size[1] - 2)
             hh, ww = rng.integers(1, 4), rng.integers(1, 5)
-            masks[i, y:y + hh, x:x + ww] = 255
+            masks[i, y : y + hh, x : x + ww] = 255
     maps = rng.normal(size=(n,) + size) + 1.5 * (masks > 0)
     if quantize:
         maps = np.round(maps * quantize) / quantize  # many ties
@@ -128,9 +129,9 @@ def test_hand_computed_strip_with_a_tie():
     assert aupro(masks, maps, fpr_limit=0.25) == pytest.approx(0.2125, abs=1e-12)
     assert slow_aupro(masks, maps) == pytest.approx(0.0875 / 0.3, abs=1e-12)
     fpr, pro, thr = pro_curve(masks, maps)
-    np.testing.assert_allclose(fpr[:7], [0, .1, .1, .2, .2, .3, .4], atol=1e-12)
-    np.testing.assert_allclose(pro[:7], [0, 0, .25, .25, .5, .75, .75], atol=1e-12)
-    np.testing.assert_allclose(thr[:7], [np.inf, .95, .9, .85, .8, .7, .6])
+    np.testing.assert_allclose(fpr[:7], [0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.4], atol=1e-12)
+    np.testing.assert_allclose(pro[:7], [0, 0, 0.25, 0.25, 0.5, 0.75, 0.75], atol=1e-12)
+    np.testing.assert_allclose(thr[:7], [np.inf, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6])
 
 
 def test_normal_image_contributes_only_background():
@@ -153,9 +154,7 @@ def test_single_region_partial_detection():
     # 3x3 image, one region of 3 pixels in the top row, 6 background pixels.
     mask = np.zeros((3, 3), dtype=bool)
     mask[0] = True
-    amap = np.array([[0.9, 0.5, 0.1],
-                     [0.8, 0.2, 0.2],
-                     [0.3, 0.2, 0.0]])
+    amap = np.array([[0.9, 0.5, 0.1], [0.8, 0.2, 0.2], [0.3, 0.2, 0.0]])
     # order: .9(r) .8(b) .5(r) .3(b) {.2 .2 .2}(b) .1(r) 0(b)
     # (0,0) (0,1/3) (1/6,1/3) (1/6,2/3) (2/6,2/3) ...; area to .3 = 1/6*1/3 + (.3-1/6)*2/3
     expected = (1 / 18 + (0.3 - 1 / 6) * 2 / 3) / 0.3
@@ -208,7 +207,7 @@ def test_masks_of_different_sizes_match_reference():
     for shape in [(6, 9), (11, 7), (8, 8)]:
         m = np.zeros(shape, dtype=bool)
         m[1:4, 2:5] = True
-        m[shape[0] - 2:, shape[1] - 1] = True
+        m[shape[0] - 2 :, shape[1] - 1] = True
         masks.append(m)
         maps.append(rng.normal(size=shape) + m)
     assert aupro(masks, maps) == pytest.approx(slow_aupro(masks, maps), abs=1e-6)
@@ -217,8 +216,7 @@ def test_masks_of_different_sizes_match_reference():
 def test_invariant_to_monotone_rescaling_and_mask_encoding():
     masks, maps = _random_case(20, quantize=3)
     base = aupro(masks, maps)
-    assert aupro(masks, np.exp(2.0 * maps.astype(np.float64)) + 5.0) == pytest.approx(base,
-                                                                                      abs=1e-12)
+    assert aupro(masks, np.exp(2.0 * maps.astype(np.float64)) + 5.0) == pytest.approx(base, abs=1e-12)
     assert aupro(masks > 0, maps) == base  # 0/255 masks are binarised with > 0
 
 
@@ -268,8 +266,11 @@ def test_bad_input_raises():
     bad[1, 0, :3] = np.nan
     with pytest.raises(ValueError, match=r"3 NaN and 0 infinite value\(s\) in 1 of 3 image"):
         aupro(masks, bad)
-    with pytest.raises(ValueError, match=r"mask 0 has shape \(10, 12\) but map 0 has shape "
-                                          r"\(5, 6\).*resize_maps"):
+    with pytest.raises(
+        ValueError,
+        match=r"mask 0 has shape \(10, 12\) but map 0 has shape "
+        r"\(5, 6\).*resize_maps",
+    ):
         aupro(masks, maps[:, ::2, ::2])
 
 
@@ -287,7 +288,6 @@ def test_chunked_sweep_matches_slow_reference(monkeypatch, chunk, fpr_limit):
 
     monkeypatch.setattr(_curves, "CHUNK", chunk)
     masks, maps = _random_case(60, quantize=3)
-    assert aupro(masks, maps, fpr_limit) == pytest.approx(slow_aupro(masks, maps, fpr_limit),
-                                                          abs=1e-6)
+    assert aupro(masks, maps, fpr_limit) == pytest.approx(slow_aupro(masks, maps, fpr_limit), abs=1e-6)
     masks, maps = _strip_case()
     assert aupro(masks, maps) == pytest.approx(0.0875 / 0.3, abs=1e-12)

@@ -1,4 +1,5 @@
 """AUROC / AP / F1-max against scikit-learn and brute force; resizing; evaluate(); errors."""
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -86,23 +87,20 @@ def test_pixel_metrics_accept_lists_of_different_sizes():
 def test_jax_arrays_are_accepted():
     jnp = pytest.importorskip("jax.numpy")
     masks, maps = _pixel_data(3)
-    assert M.pixel_auroc(jnp.asarray(masks), jnp.asarray(maps)) == pytest.approx(
-        M.pixel_auroc(masks, maps))
+    assert M.pixel_auroc(jnp.asarray(masks), jnp.asarray(maps)) == pytest.approx(M.pixel_auroc(masks, maps))
 
 
 # ----------------------------------------------------------------------------- resizing
 
 
 def test_resize_maps_is_half_pixel_bilinear():
-    np.testing.assert_allclose(M.resize_maps(np.array([[[0.0, 1.0]]]), (1, 4))[0],
-                               [[0.0, 0.25, 0.75, 1.0]])
+    np.testing.assert_allclose(M.resize_maps(np.array([[[0.0, 1.0]]]), (1, 4))[0], [[0.0, 0.25, 0.75, 1.0]])
     rng = np.random.default_rng(4)
     maps = rng.random((2, 5, 7)).astype(np.float32)
     out = M.resize_maps(maps, (13, 9))
     assert out.shape == (2, 13, 9) and out.dtype == np.float32
     for a, b in zip(maps, out):
-        ref = ndimage.zoom(a.astype(np.float64), (13 / 5, 9 / 7), order=1, grid_mode=True,
-                           mode="nearest")
+        ref = ndimage.zoom(a.astype(np.float64), (13 / 5, 9 / 7), order=1, grid_mode=True, mode="nearest")
         np.testing.assert_allclose(b, ref, atol=1e-6)
     # per-map sizes give a list
     outs = M.resize_maps(maps, [(10, 14), (5, 7)])
@@ -134,7 +132,7 @@ def _native_case(seed=5):
         m = np.zeros((h, w), dtype=np.uint8)
         if i % 2:
             m[2:6, 3:9] = 255
-            m[h - 3:, w - 2:] = 255
+            m[h - 3 :, w - 2 :] = 255
         masks.append(m)
     labels = np.array([0, 1, 0, 1])
     maps = rng.random((4, 4, 4)).astype(np.float32)
@@ -181,8 +179,9 @@ def test_evaluate_with_mask_array_of_map_size_needs_no_resize():
     got = M.evaluate(labels, scores, masks, maps, fpr_limit=0.1)
     assert got["pixel_auroc"] == pytest.approx(M.pixel_auroc(masks, maps), abs=1e-12)
     assert got["aupro"] == pytest.approx(M.aupro(masks, maps, fpr_limit=0.1), abs=1e-12)
-    assert M.evaluate(labels, scores, masks, maps, resolution=9)["pixel_auroc"] != \
-        got["pixel_auroc"]  # 9x11 -> 9x9 changes the pixels
+    assert (
+        M.evaluate(labels, scores, masks, maps, resolution=9)["pixel_auroc"] != got["pixel_auroc"]
+    )  # 9x11 -> 9x9 changes the pixels
 
 
 # ----------------------------------------------------------------------------- errors
@@ -191,8 +190,11 @@ def test_evaluate_with_mask_array_of_map_size_needs_no_resize():
 def test_image_level_errors():
     with pytest.raises(ValueError, match="labels has 3 entries but scores has 2"):
         M.image_auroc([0, 1, 1], [0.1, 0.2])
-    with pytest.raises(ValueError, match=r"image_auroc is undefined: all 3 images are "
-                                          r"anomalous.*at least one normal"):
+    with pytest.raises(
+        ValueError,
+        match=r"image_auroc is undefined: all 3 images are "
+        r"anomalous.*at least one normal",
+    ):
         M.image_auroc([1, 1, 1], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="image_auroc is undefined: all 2 images are normal"):
         M.image_auroc([0, 0], [0.1, 0.2])
@@ -212,8 +214,11 @@ def test_pixel_level_errors():
         M.pixel_auroc(np.zeros_like(masks), maps)
     bad = maps.copy()
     bad[0, 0, 0] = bad[2, 1, 1] = np.nan
-    with pytest.raises(ValueError, match=r"maps contain 2 NaN and 0 infinite value\(s\) in 2 of "
-                                          r"3 image\(s\) \(first: image 0\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"maps contain 2 NaN and 0 infinite value\(s\) in 2 of "
+        r"3 image\(s\) \(first: image 0\)",
+    ):
         M.pixel_auroc(masks, bad)
     with pytest.raises(ValueError, match=r"expected an array \[N,H,W\]"):
         M.pixel_auroc(masks, maps[:, None])
@@ -261,7 +266,8 @@ def test_single_sort_sweep_matches_sklearn_for_any_chunking(monkeypatch, chunk, 
     assert res["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
     assert res["f1_max"] == pytest.approx(brute_f1_max(y, s), abs=1e-12)
     assert res["pro_area"] / 0.3 == pytest.approx(
-        M.area_up_to(np.r_[0.0, res["fpr"]], np.r_[0.0, res["pro"]], 0.3) / 0.3, abs=1e-12)
+        M.area_up_to(np.r_[0.0, res["fpr"]], np.r_[0.0, res["pro"]], 0.3) / 0.3, abs=1e-12
+    )
     monkeypatch.setattr(_curves, "CHUNK", 1 << 20)
     ref = _curves.sweep(px, curve=True)
     for key in ("fpr", "pro", "thresholds"):

@@ -13,6 +13,7 @@ Notes on the short training run (measured over seeds 0-4 before settling on it):
   them catch up before scoring, so the run below uses the full schedule.
 With these settings every seed tried ranked defective images above normal ones.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +33,9 @@ def _textures(n, rng):
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
     s = np.sin(2 * np.pi * (4 * xx + rng.random((n, 1, 1))))
     # bright channels: far from 0, where (1 - SSIM) has a spurious optimum (see test notes below)
-    img = np.stack([0.75 + 0.2 * s, 0.65 + 0.15 * s, 0.8 - 0.1 * s], -1) + 0.03 * rng.standard_normal((n, SIZE, SIZE, 3))
+    img = np.stack([0.75 + 0.2 * s, 0.65 + 0.15 * s, 0.8 - 0.1 * s], -1) + 0.03 * rng.standard_normal(
+        (n, SIZE, SIZE, 3)
+    )
     return np.clip(img, 0, 1).astype(np.float32)
 
 
@@ -101,17 +104,24 @@ def test_score_shapes_and_pasted_defect(trained):
 def test_multistep_schedule_is_exact():
     sched = F.multistep_schedule(1e-4, epochs=10, steps_per_epoch=3)
     lrs = np.array([float(sched(k)) for k in range(30)])
-    np.testing.assert_allclose(lrs[:24], 1e-4, rtol=1e-6)     # epochs 0-7
-    np.testing.assert_allclose(lrs[24:27], 2e-5, rtol=1e-6)   # epoch 8 (after 80 %)
-    np.testing.assert_allclose(lrs[27:], 4e-6, rtol=1e-6)     # epoch 9 (after 90 %)
+    np.testing.assert_allclose(lrs[:24], 1e-4, rtol=1e-6)  # epochs 0-7
+    np.testing.assert_allclose(lrs[24:27], 2e-5, rtol=1e-6)  # epoch 8 (after 80 %)
+    np.testing.assert_allclose(lrs[27:], 4e-6, rtol=1e-6)  # epoch 9 (after 90 %)
     sched = F.multistep_schedule(1e-4, epochs=800, steps_per_epoch=35)
     assert float(sched(640 * 35 - 1)) == pytest.approx(1e-4) and float(sched(640 * 35)) == pytest.approx(2e-5)
     assert float(sched(720 * 35)) == pytest.approx(4e-6)
 
 
-@pytest.mark.parametrize("extractor,channels", [
-    ("butterworth", 1), ("gaussian", 1), ("ideal", 1), ("sobel_xy", 2), ("sobel_x", 2),
-])
+@pytest.mark.parametrize(
+    "extractor,channels",
+    [
+        ("butterworth", 1),
+        ("gaussian", 1),
+        ("ideal", 1),
+        ("sobel_xy", 2),
+        ("sobel_x", 2),
+    ],
+)
 def test_extractors(extractor, channels):
     imgs = jnp.asarray(_textures(2, np.random.default_rng(0)))
     x = F.extract_high_frequency(imgs, extractor, cutoff=4.0)

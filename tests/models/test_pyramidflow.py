@@ -1,4 +1,5 @@
 """PyramidFlow pieces beyond the golden parity: losses, ablations, template, image template."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,12 +19,16 @@ def test_half_spectrum_fourier_magnitude_equals_full(shape):
 
 def test_pair_indices_and_losses_by_hand():
     rng = np.random.default_rng(0)
-    levels = [jnp.asarray(rng.normal(size=(3, 8 // 2 ** i, 8 // 2 ** i, 2)), jnp.float32) for i in range(2)]
+    levels = [jnp.asarray(rng.normal(size=(3, 8 // 2**i, 8 // 2**i, 2)), jnp.float32) for i in range(2)]
     i, j = pf.pair_indices(3)
     assert list(zip(i, j)) == [(0, 1), (0, 2), (1, 2)]
     d = pf.pairwise_difference_map(levels)
-    ref = np.stack([np.asarray(pyr.compose([(l[a] - l[b])[None] ** 2 for l in levels])[0].mean(-1))
-                    for a, b in [(0, 1), (0, 2), (1, 2)]])
+    ref = np.stack(
+        [
+            np.asarray(pyr.compose([(l[a] - l[b])[None] ** 2 for l in levels])[0].mean(-1))
+            for a, b in [(0, 1), (0, 2), (1, 2)]
+        ]
+    )
     np.testing.assert_allclose(d, ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pf.fourier_loss(levels), np.abs(np.fft.fft2(ref)).mean(), rtol=1e-4)
     np.testing.assert_allclose(pf.spatial_loss(levels), ref.mean(), rtol=1e-5)
@@ -55,8 +60,17 @@ def _trained(method, steps=3):
     return state
 
 
-@pytest.mark.parametrize("model", [dict(), dict(loss="spatial"), dict(loss="nll", volume_norm="none"),
-                                   dict(template="zero"), dict(difference="composed"), dict(volume_norm="SVN")])
+@pytest.mark.parametrize(
+    "model",
+    [
+        dict(),
+        dict(loss="spatial"),
+        dict(loss="nll", volume_norm="none"),
+        dict(template="zero"),
+        dict(difference="composed"),
+        dict(volume_norm="SVN"),
+    ],
+)
 def test_ablations_train_and_score(model):
     method = _method(**model)
     state = _trained(method)
@@ -119,6 +133,7 @@ def test_bad_config_values_are_named():
 def test_resnet18_encoder_variant(tmp_path):
     """Frozen ResNet18 stem + layer1 in front of the flow: 64 channels at 1/4 resolution, trains, scores."""
     from jaxflow_ad import backbones
+
     cfg = pf_config.get_config("smoke")
     cfg.model.update(encoder="resnet18", levels=3, stacks=1, ksize=3)
     cfg.model.backbone.random_init = True
@@ -131,7 +146,7 @@ def test_resnet18_encoder_variant(tmp_path):
     state2, m = step(state, {"image": jnp.asarray(rng.random((2, 32, 32, 3), np.float32))}, None)
     assert np.isfinite(float(m["loss"]))
     for a, b in zip(jax.tree_util.tree_leaves(enc), jax.tree_util.tree_leaves(state2.model_state["encoder"])):
-        np.testing.assert_array_equal(a, b)          # the encoder is frozen
+        np.testing.assert_array_equal(a, b)  # the encoder is frozen
     state2 = method.fit_statistics(state2, [rng.random((2, 32, 32, 3), np.float32)])
     maps, _ = method.score(state2, jnp.asarray(rng.random((2, 32, 32, 3), np.float32)))
     assert maps.shape == (2, 8, 8)

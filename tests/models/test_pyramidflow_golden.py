@@ -1,4 +1,5 @@
 """Parity with the official PyramidFlow code on its own weights and inputs (shared/golden)."""
+
 import functools
 
 import jax
@@ -16,19 +17,22 @@ GOLDEN = "pyramidflow_fnf_L4_CVN_D2_s64.npz"
 def golden(golden_dir):
     path = golden_dir / GOLDEN
     if not path.exists():
-        pytest.skip(f"golden file {path} is absent: the parity test needs shared/golden/{GOLDEN} "
-                    "(outputs of the official code); set JAXFLOW_AD_SHARED to the shared/ folder")
+        pytest.skip(
+            f"golden file {path} is absent: the parity test needs shared/golden/{GOLDEN} "
+            "(outputs of the official code); set JAXFLOW_AD_SHARED to the shared/ folder"
+        )
     return dict(np.load(path))
 
 
 def _sd(g, prefix):
-    return {k[len(prefix):]: v for k, v in g.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in g.items() if k.startswith(prefix)}
 
 
 def _method(reversible=False, fast_down=True):
     cfg = pf_config.get_config()
-    cfg.model.update(channels=16, levels=4, stacks=2, ksize=7, volume_norm="CVN",
-                     reversible=reversible, fast_down=fast_down)
+    cfg.model.update(
+        channels=16, levels=4, stacks=2, ksize=7, volume_norm="CVN", reversible=reversible, fast_down=fast_down
+    )
     return pf.PyramidFlow(cfg)
 
 
@@ -36,7 +40,7 @@ def _rel_err(a, b):
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(np.asarray(b)), 1e-30))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _run(path, reversible, fast_down):
     g = dict(np.load(path))
     method = _method(reversible, fast_down)
@@ -53,16 +57,30 @@ def _run(path, reversible, fast_down):
     (loss, new_ms), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
     updates, _ = method.tx.update(grads, method.tx.init(params), params)
     import optax
+
     params1 = optax.apply_updates(params, updates)
     state1 = method.init(jax.random.PRNGKey(0), (64, 64, 3)).replace(params=params1, model_state=new_ms)
     tmpl = method.fit_statistics(state1, [pf.denormalize(pf.nchw_to_nhwc(g["x_tmpl"]))])
     amap, score = jax.jit(method.score)(tmpl, jnp.asarray(pf.denormalize(pf.nchw_to_nhwc(g["x_test"]))))
-    return dict(g=g, net=net, z=z, loss=loss, grads=grads, params1=params1, ms1=new_ms, tmpl=tmpl,
-                amap=amap, score=score, params=params, ms=ms)
+    return dict(
+        g=g,
+        net=net,
+        z=z,
+        loss=loss,
+        grads=grads,
+        params1=params1,
+        ms1=new_ms,
+        tmpl=tmpl,
+        amap=amap,
+        score=score,
+        params=params,
+        ms=ms,
+    )
 
 
-@pytest.fixture(scope="module", params=[(False, True), (True, True), (False, False)],
-                ids=["plain", "reversible", "full_res_down"])
+@pytest.fixture(
+    scope="module", params=[(False, True), (True, True), (False, False)], ids=["plain", "reversible", "full_res_down"]
+)
 def run(request, golden, golden_dir):
     return _run(str(golden_dir / GOLDEN), *request.param)
 
@@ -80,26 +98,29 @@ def test_step0_loss_and_gradients(run):
     ref_flat = dict(jax.tree_util.tree_leaves_with_path(ref))
     worst = max(_rel_err(v, ref_flat[k]) for k, v in ours_flat)
     assert worst <= 1e-4, worst
-    total = float(jnp.sqrt(sum(jnp.sum(v ** 2) for _, v in ours_flat)))
+    total = float(jnp.sqrt(sum(jnp.sum(v**2) for _, v in ours_flat)))
     np.testing.assert_allclose(total, float(g["grad_norm0"]), rtol=1e-5)
 
 
 def test_state_after_one_step(run):
     g = run["g"]
     ref_p, ref_ms = pf.from_official_state_dict(_sd(g, "sd1/"), run["net"], run["params"], run["ms"])
-    for (k, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(run["params1"]),
-                              jax.tree_util.tree_leaves_with_path(ref_p)):
+    for (k, a), (_, b) in zip(
+        jax.tree_util.tree_leaves_with_path(run["params1"]), jax.tree_util.tree_leaves_with_path(ref_p)
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-7, err_msg=jax.tree_util.keystr(k))
-    for (k, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(run["ms1"]),
-                              jax.tree_util.tree_leaves_with_path(ref_ms)):
+    for (k, a), (_, b) in zip(
+        jax.tree_util.tree_leaves_with_path(run["ms1"]), jax.tree_util.tree_leaves_with_path(ref_ms)
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(k))
 
 
 def test_eval_template_and_anomaly_map(run):
     g = run["g"]
     for j in range(4):
-        np.testing.assert_allclose(run["tmpl"].stats["template"][j], pf.nchw_to_nhwc(g[f"tmpl_l{j}"]),
-                                   rtol=1e-4, atol=5e-5)
+        np.testing.assert_allclose(
+            run["tmpl"].stats["template"][j], pf.nchw_to_nhwc(g[f"tmpl_l{j}"]), rtol=1e-4, atol=5e-5
+        )
     np.testing.assert_allclose(run["amap"], g["amap"][:, 0], rtol=1e-4, atol=5e-5)
     np.testing.assert_allclose(run["score"], g["amap"].max(axis=(1, 2, 3)), rtol=1e-4)
 
@@ -119,13 +140,15 @@ def test_reversible_running_means_updated_once(golden, golden_dir):
         def loss_fn(p):
             z, _, new_ms = net.forward(p, r["ms"], x, train=True)
             return pf.fourier_loss(z), new_ms
+
         return jax.jit(jax.grad(loss_fn, has_aux=True))(params)[1]
 
     ms_plain, ms_rev = step(r["net"]), step(net_rev)
     _, _, ms_eval = jax.jit(lambda p: r["net"].forward(p, r["ms"], x, train=True))(params)
     leaves = jax.tree_util.tree_leaves(ms_rev["blocks"])
     assert max(float(jnp.abs(a).max()) for a in leaves) > 1e-4
-    for a, b, c in zip(leaves, jax.tree_util.tree_leaves(ms_plain["blocks"]),
-                       jax.tree_util.tree_leaves(ms_eval["blocks"])):
+    for a, b, c in zip(
+        leaves, jax.tree_util.tree_leaves(ms_plain["blocks"]), jax.tree_util.tree_leaves(ms_eval["blocks"])
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-8)

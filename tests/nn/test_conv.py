@@ -1,4 +1,5 @@
 """conv2d(impl="im2col"|"fft"), the tiled FFT conv and the polyphase upsampled conv against lax.conv."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +22,12 @@ def _ref(x, w, stride, pad):
 
 
 CASES = [  # (batch, h, w, in, out, k, stride)
-    (2, 16, 16, 4, 6, 3, 1), (1, 13, 11, 3, 5, 5, 1), (2, 20, 18, 5, 7, 7, 1),
-    (2, 16, 16, 4, 6, 3, 2), (3, 15, 17, 3, 4, 5, 2), (1, 22, 20, 6, 5, 7, 2),
+    (2, 16, 16, 4, 6, 3, 1),
+    (1, 13, 11, 3, 5, 5, 1),
+    (2, 20, 18, 5, 7, 7, 1),
+    (2, 16, 16, 4, 6, 3, 2),
+    (3, 15, 17, 3, 4, 5, 2),
+    (1, 22, 20, 6, 5, 7, 2),
 ]
 
 
@@ -35,12 +40,12 @@ def test_impl_matches_lax_values_and_grads(b, h, w, ci, co, k, s, impl):
     pad = ((k // 2, k // 2), (k // 2, k // 2))
     y_ref = _ref(x, wt, s, pad)
     ct = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
-    loss = lambda f: (lambda x, w: jnp.sum(f(x, w) * ct))
+    loss = lambda f: lambda x, w: jnp.sum(f(x, w) * ct)
     g_ref = jax.grad(loss(lambda x, w: _ref(x, w, s, pad)), argnums=(0, 1))(x, wt)
     f = jax.jit(lambda x, w: conv2d(x, w, s, pad, impl=impl))
     np.testing.assert_array_equal(np.asarray(f(x, wt)), np.asarray(jax.jit(lambda x, w: _ref(x, w, s, pad))(x, wt)))
     g = jax.jit(jax.grad(loss(lambda x, w: conv2d(x, w, s, pad, impl=impl)), argnums=(0, 1)))(x, wt)
-    y_diff, _ = jax.vjp(lambda x, w: conv2d(x, w, s, pad, impl=impl), x, wt)   # value when differentiated
+    y_diff, _ = jax.vjp(lambda x, w: conv2d(x, w, s, pad, impl=impl), x, wt)  # value when differentiated
     assert _rel(y_diff, y_ref) <= 1e-5
     assert _rel(g[0], g_ref[0]) <= 1e-5
     assert _rel(g[1], g_ref[1]) <= 1e-5
@@ -52,7 +57,7 @@ def test_weight_grad_asymmetric_padding_and_small_blocks():
     dy_shape = _ref(x, jnp.zeros((5, 3, 3, 4)), 2, ((1, 2), (0, 1))).shape
     dy = jnp.asarray(rng.standard_normal(dy_shape), jnp.float32)
     ref = jax.vjp(lambda w: _ref(x, w, 2, ((1, 2), (0, 1))), jnp.zeros((5, 3, 3, 4)))[1](dy)[0]
-    got = weight_grad_im2col(x, dy, (5, 3), 2, ((1, 2), (0, 1)), block_pixels=7)   # ragged row blocks
+    got = weight_grad_im2col(x, dy, (5, 3), 2, ((1, 2), (0, 1)), block_pixels=7)  # ragged row blocks
     assert _rel(got, ref) <= 1e-5
 
 
@@ -71,12 +76,15 @@ def test_polyphase_upsampled_conv(k, impl):
     assert _rel(g[0], g_ref[0]) <= 1e-5 and _rel(g[1], g_ref[1]) <= 1e-5
 
 
-@pytest.mark.parametrize("shape,kshape,pad,tiles", [
-    ((2, 37, 29, 3, 5), (7, 7), ((3, 3), (3, 3)), None),      # ragged last tiles
-    ((1, 16, 40, 4, 2), (5, 3), ((1, 3), (0, 2)), None),      # asymmetric padding, rectangular kernel
-    ((2, 24, 24, 2, 3), (3, 3), ((1, 1), (1, 1)), (8, 12)),   # explicit, unequal tiles
-    ((1, 9, 9, 2, 2), (7, 7), ((0, 0), (0, 0)), None),        # 'valid'
-])
+@pytest.mark.parametrize(
+    "shape,kshape,pad,tiles",
+    [
+        ((2, 37, 29, 3, 5), (7, 7), ((3, 3), (3, 3)), None),  # ragged last tiles
+        ((1, 16, 40, 4, 2), (5, 3), ((1, 3), (0, 2)), None),  # asymmetric padding, rectangular kernel
+        ((2, 24, 24, 2, 3), (3, 3), ((1, 1), (1, 1)), (8, 12)),  # explicit, unequal tiles
+        ((1, 9, 9, 2, 2), (7, 7), ((0, 0), (0, 0)), None),  # 'valid'
+    ],
+)
 def test_conv2d_fft_equals_lax(shape, kshape, pad, tiles):
     b, h, w, ci, co = shape
     rng = np.random.default_rng(h + w)
@@ -98,6 +106,7 @@ def test_conv2d_fft_rejects_bad_tiles_and_padding():
 
 def test_conv2d_module_matches_flax_conv_params_and_values():
     import flax.linen as nn
+
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 3)), jnp.float32)
     ref = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)
     ours = Conv2D(5, 3, kernel_init=nn.initializers.lecun_normal(), impl="im2col")
@@ -115,7 +124,7 @@ def test_auto_impl_resolves_per_backend():
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((1, 12, 12, 3)), jnp.float32)
     wt = jnp.asarray(rng.standard_normal((5, 5, 3, 4)), jnp.float32)
-    g = {i: jax.grad(lambda w: jnp.sum(conv2d(x, w, 1, "SAME", i) ** 2))(wt) for i in ("auto", "fft", "xla")}
+    g = {i: jax.grad(lambda w, i=i: jnp.sum(conv2d(x, w, 1, "SAME", i) ** 2))(wt) for i in ("auto", "fft", "xla")}
     np.testing.assert_array_equal(g["auto"], g["fft" if jax.default_backend() == "cpu" else "xla"])
 
 

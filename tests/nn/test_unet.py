@@ -1,4 +1,5 @@
 """FAIR's UNet: shapes, parameter count, BatchNorm statistics, align-corners upsampling."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

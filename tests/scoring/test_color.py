@@ -1,4 +1,5 @@
 """sRGB -> CIELAB against scikit-image."""
+
 import jax
 import numpy as np
 from skimage.color import rgb2lab

@@ -1,4 +1,5 @@
 """FAIR anomaly map (Eq. 8-10)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

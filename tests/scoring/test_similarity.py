@@ -1,4 +1,5 @@
 """SSIM, MSGMS and the mean filter against independent references."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,8 +32,14 @@ def test_ssim_map_matches_skimage_on_interior():
     a, b = _imgs(1, (1, 32, 32, 3))
     ours = np.asarray(sim.ssim_map(a, b, data_range=1.0))[0]
     _, ref = structural_similarity(
-        a[0].astype(np.float64), b[0].astype(np.float64), channel_axis=-1, data_range=1.0,
-        gaussian_weights=True, sigma=1.5, use_sample_covariance=False, full=True,
+        a[0].astype(np.float64),
+        b[0].astype(np.float64),
+        channel_axis=-1,
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        full=True,
     )
     np.testing.assert_allclose(ours[5:-5, 5:-5], ref[5:-5, 5:-5], atol=2e-5)
 
@@ -58,11 +65,13 @@ def test_msgms_identical_is_zero_and_difference_localised():
 
 def test_gms_single_scale_matches_scipy():
     a, b = _imgs(4, (1, 16, 16, 1))
+
     def gm(x):
         kx = np.array([[1, 0, -1]] * 3) / 3.0
         gx = ndimage.correlate(x, kx, mode="constant")
         gy = ndimage.correlate(x, kx.T, mode="constant")
         return np.sqrt(gx**2 + gy**2 + 1e-12)
+
     g1, g2 = gm(a[0, ..., 0].astype(np.float64)), gm(b[0, ..., 0].astype(np.float64))
     ref = 1 - (2 * g1 * g2 + 0.0026) / (g1**2 + g2**2 + 0.0026 + 1e-12)
     np.testing.assert_allclose(np.asarray(sim.msgms_map(a, b, num_scales=1))[0], ref, atol=1e-5)

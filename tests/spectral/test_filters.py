@@ -1,4 +1,5 @@
 """FAIR high-pass filters: responses at chosen frequencies and filtering behaviour."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

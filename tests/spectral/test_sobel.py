@@ -1,4 +1,5 @@
 """Sobel gradients: spatial vs frequency form (paper Eq. 16), OpenCV conventions."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,5 @@
 """Converter and readers without torch: errors for wrong arch / missing / extra / mis-shaped keys."""
+
 import json
 import struct
 
@@ -9,7 +10,8 @@ from jaxflow_ad.backbones import load_backbone
 from third_party import convert as cli
 from third_party.checkpoints import CheckpointError, read_safetensors, read_state_dict, unwrap
 from third_party.keymaps import ConversionError, convert_state_dict, guess_arch
-from third_party.torch_pickle import TorchPickleError, load as torch_pickle_load
+from third_party.torch_pickle import TorchPickleError
+from third_party.torch_pickle import load as torch_pickle_load
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +55,7 @@ def test_cli_roundtrip_and_errors(pointmae_sd, golden_dir, tmp_path, capsys):
     src = golden_dir / "pointmae_weights_seed0.npz"
     assert cli.main(["--arch", "pointmae", "--src", str(src), "--dst", str(tmp_path / "pm")]) == 0
     assert "21,825,024 parameters" in capsys.readouterr().out
-    bb = load_backbone({"arch": "pointmae", "weights": str(tmp_path / "pm.msgpack"),
-                        "num_group": 16, "group_size": 8})
+    bb = load_backbone({"arch": "pointmae", "weights": str(tmp_path / "pm.msgpack"), "num_group": 16, "group_size": 8})
     assert bb.meta["source"] == src.name and len(bb.meta["source_sha256"]) == 64
     assert cli.main(["--arch", "efficientnet-b5", "--src", str(src), "--dst", str(tmp_path / "x")]) == 2
     assert "it looks like 'pointmae'" in capsys.readouterr().err
@@ -78,9 +79,11 @@ def _write_safetensors(path, arrays):
 
 def test_safetensors_and_npz_readers(tmp_path):
     rng = np.random.default_rng(0)
-    arrays = {"a.weight": rng.standard_normal((4, 3, 2, 2)).astype(np.float32),
-              "a.num_batches_tracked": np.array(7, np.int64),
-              "h": rng.standard_normal(5).astype(np.float16)}
+    arrays = {
+        "a.weight": rng.standard_normal((4, 3, 2, 2)).astype(np.float32),
+        "a.num_batches_tracked": np.array(7, np.int64),
+        "h": rng.standard_normal(5).astype(np.float16),
+    }
     _write_safetensors(tmp_path / "w.safetensors", arrays)
     got = read_safetensors(tmp_path / "w.safetensors")
     assert list(got) == list(arrays)
@@ -100,9 +103,16 @@ def test_reader_errors(tmp_path):
 
 
 def test_guess_arch_on_synthetic_keys():
-    sd = {f"layer{s}.{b}.conv1.weight": np.zeros((64, 64, 3, 3)) for s, n in
-          zip(range(1, 5), (2, 2, 2, 2)) for b in range(n)}
+    sd = {
+        f"layer{s}.{b}.conv1.weight": np.zeros((64, 64, 3, 3))
+        for s, n in zip(range(1, 5), (2, 2, 2, 2))
+        for b in range(n)
+    }
     assert guess_arch(sd) == "resnet18"
-    sd = {f"layer{s}.{b}.conv{i}.weight": np.zeros((128, 64, 1, 1)) for s, n in
-          zip(range(1, 5), (3, 4, 6, 3)) for b in range(n) for i in (1, 2, 3)}
+    sd = {
+        f"layer{s}.{b}.conv{i}.weight": np.zeros((128, 64, 1, 1))
+        for s, n in zip(range(1, 5), (3, 4, 6, 3))
+        for b in range(n)
+        for i in (1, 2, 3)
+    }
     assert guess_arch(sd) == "wide_resnet50_2"

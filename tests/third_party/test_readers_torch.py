@@ -1,4 +1,5 @@
 """The torch-free readers against torch itself (``pytest -m torch``)."""
+
 import numpy as np
 import pytest
 
@@ -55,6 +56,7 @@ def test_torch_pickle_equals_torch_load(tmp_path, zip_format):
 
 def test_state_dict_of_a_module_and_wrapped_checkpoint(tmp_path):
     import torchvision
+
     m = torchvision.models.resnet18(weights=None)
     torch.save({"state_dict": m.state_dict(), "epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "c.pth")
     sd = read_state_dict(tmp_path / "c.pth")
@@ -68,8 +70,7 @@ def test_state_dict_of_a_module_and_wrapped_checkpoint(tmp_path):
 
 def test_safetensors_reader_against_the_package(tmp_path):
     st = pytest.importorskip("safetensors.torch")
-    obj = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.randn(2).half(),
-           "d": torch.randn(2, 2).bfloat16()}
+    obj = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.randn(2).half(), "d": torch.randn(2, 2).bfloat16()}
     st.save_file(obj, str(tmp_path / "w.safetensors"))
     got = read_safetensors(tmp_path / "w.safetensors")
     for k, v in obj.items():
