@@ -10,9 +10,14 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
 
     c.data = ml_collections.ConfigDict()
     c.data.root = ""  # "" = the built-in synthetic dataset
+    c.data.layout = "mvtec"  # the reader (jaxflow_ad.data.LAYOUTS)
     c.data.categories = ""  # comma-separated; "" = every category under root
     c.data.image_size = 256
     c.data.augment = augment  # auto (flips + rot90 for textures), none, flip_rot90
+
+    # frozen-extractor features up to this size stay in memory; larger ones go to
+    # <workdir>/<category>/features/ and are memory-mapped (and reused on resume)
+    c.data.feature_cache_memory_mb = 512
 
     c.model = ml_collections.ConfigDict()
     c.model.name = model_name

@@ -44,8 +44,9 @@ Variants (``--config=configs/fair.py:<arg>``):
   AUROC over seeds 0/1/2: 84.3 / 82.1 / 83.0 (lowest category 77.7, gravel,
   seed 1); mean image AUROC 65.2 / 61.1 / 63.3. The test asserts >= 75.
 
-``train.steps_per_epoch`` must be filled in before the method is built
-(``ceil(number of training images / train.batch_size)``); the engine does it.
+The learning-rate schedule's epoch length is the number of full batches of
+the training split (``len(train) // train.batch_size``, the last partial batch
+dropped); the engine passes it to the optimizer, the config does not hold it.
 ``data.texture_root`` is a DTD-like folder (``<root>/images/<class>/*.jpg``);
 empty means textures from the training images (the paper's ``FAIR_noDTD``).
 Other extractors: ``--config.model.extractor=gaussian|ideal|sobel_xy|sobel_x``,
@@ -83,7 +84,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.train.epochs = 800
     c.train.batch_size = 8
-    c.train.steps_per_epoch = 0  # set by the engine: ceil(num_train_images / batch_size)
     c.train.optimizer = ml_collections.ConfigDict(dict(lr=1e-4, milestones=(0.8, 0.9), gamma=0.2))
     c.train.ssim_data_range = 0.0  # 0 = official rule (inferred from the reconstruction)
     c.train.synth = ml_collections.ConfigDict(

@@ -44,9 +44,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.backbone = ml_collections.ConfigDict(
         dict(
             weights="",  # converted torchvision checkpoint (python -m third_party.convert ...)
-            random_init=False,
+            random_init=False,  # smoke tests only: random encoder weights
+            require_weights=False,  # True: no offline stand-in; stop and name the convert command
         )
-    )  # smoke tests only: random encoder weights
+    )
     c.model.channels = 16
     c.model.levels = 4
     c.model.stacks = 4
@@ -81,8 +82,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         pass
     elif arg == "resnet18":
         # The official default (--encoder resnet18): 1024 input -> 256x256 maps. Give the converted
-        # weights with --config.model.backbone.weights=weights/resnet18.msgpack.
+        # weights with --config.model.backbone.weights=weights/resnet18.msgpack; without them the run
+        # stops and names the convert command (set model.backbone.require_weights=False for the stand-in).
         c.model.encoder = "resnet18"
+        c.model.backbone.require_weights = True
         c.model.channels = 64
         c.data.image_size = 1024
     elif arg == "smoke":

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from jaxflow_ad.backbones import efficientnet as _effnet
 from jaxflow_ad.backbones import resnet as _resnet
 from jaxflow_ad.backbones.efficientnet import EfficientNet
+from jaxflow_ad.backbones.extractor import FrozenExtractor, convert_command
 from jaxflow_ad.backbones.pointmae import PointMAEEncoder
 from jaxflow_ad.backbones.resnet import ResNet
 from jaxflow_ad.backbones.weights import WeightsError, count_params, load_weights, save_weights
@@ -69,6 +70,8 @@ _OPTIONS = {
 }
 
 __all__ = [
+    "FrozenExtractor",
+    "convert_command",
     "REGISTRY",
     "ResNet",
     "EfficientNet",

@@ -7,12 +7,20 @@ Quick start::
     train = data.load_split(root, "coin", "train", 256)
     test = data.load_split(root, "coin", "test", 256)
     masks = test.masks_at(256)                          # [N, 256, 256] bool
+    test.images                                         # uint8 [N, 256, 256, 3] = test.samples["image"]
+
+A split is a dict of per-sample modalities (``Split.samples``), so readers of
+other layouts (chosen by the config key ``data.layout``, see
+:func:`get_reader`) can add point maps or depth, and the engine can add
+backbone features, all indexed (``Split.take``) and augmented
+(:func:`flip_rot90_samples`) together.
 
 The tensorflow-datasets builder lives in ``jaxflow_ad.data.tfds_mvtec`` and is
 imported lazily (``data.MvtecLayout``), so importing this package stays cheap.
 """
 
-from .augment import flip_rot90
+from .augment import flip_rot90, flip_rot90_samples
+from .layouts import LAYOUTS, Reader, get_reader
 from .mvtec import (
     IMAGE_EXTENSIONS,
     MVTEC_CATEGORIES,
@@ -25,6 +33,7 @@ from .mvtec import (
     read_image,
     read_mask,
     scan_split,
+    stat_file,
 )
 from .synthetic import (
     BUILTIN_CATEGORIES,
@@ -59,11 +68,13 @@ __all__ = [
     "DEFECT_KINDS",
     "DatasetError",
     "IMAGE_EXTENSIONS",
+    "LAYOUTS",
     "MVTEC_CATEGORIES",
     "MVTEC_TEXTURE_CATEGORIES",
     "MvtecLayout",
     "MvtecLayoutConfig",
     "OBJECT_CATEGORIES",
+    "Reader",
     "Record",
     "Sample",
     "Split",
@@ -72,6 +83,8 @@ __all__ = [
     "default_root",
     "ensure_builtin",
     "flip_rot90",
+    "flip_rot90_samples",
+    "get_reader",
     "is_texture",
     "list_categories",
     "load_split",
@@ -79,4 +92,5 @@ __all__ = [
     "read_mask",
     "render_sample",
     "scan_split",
+    "stat_file",
 ]

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import os
 import pathlib
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -41,6 +44,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "scan_split",
+    "stat_file",
 ]
 
 # The 15 categories of the public MVTec AD archive and its 5 texture classes
@@ -97,35 +101,200 @@ class Record:
         return (self.split, self.defect_type, self.stem)
 
 
+def _check_rows(tree: Mapping[str, Any], n: int, prefix: str) -> None:
+    """Every array in the (nested) sample dict ``tree`` has ``n`` rows."""
+    for key, value in tree.items():
+        name = f"{prefix}[{key!r}]"
+        if isinstance(value, Mapping):
+            _check_rows(value, n, name)
+            continue
+        shape = np.shape(value)
+        if not shape or shape[0] != n:
+            raise ValueError(
+                f"{name} has shape {shape} but the split has {n} samples: every sample "
+                f"array needs leading dimension {n} (one row per sample, in the order of "
+                "Split.paths). Pass an array with one row per sample."
+            )
+
+
+def _as_arrays(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A new nested dict with every leaf as a NumPy array (no copy for NumPy input)."""
+    return {k: _as_arrays(v) if isinstance(v, Mapping) else np.asarray(v) for k, v in tree.items()}
+
+
+def _take(tree: Mapping[str, Any], idx: np.ndarray) -> dict[str, Any]:
+    return {k: _take(v, idx) if isinstance(v, Mapping) else v[idx] for k, v in tree.items()}
+
+
+def _hash_arrays(h, tree: Mapping[str, Any], prefix: str) -> None:
+    for key in sorted(tree):
+        value = tree[key]
+        name = f"{prefix}/{key}"
+        if isinstance(value, Mapping):
+            _hash_arrays(h, value, name)
+            continue
+        a = np.ascontiguousarray(value)
+        h.update(f"{name}\0{a.shape}\0{a.dtype.str}\0".encode())
+        h.update(a.tobytes())
+
+
 @dataclasses.dataclass
 class Split:
     """One split of one category, fully in memory.
 
+    A sample is a dict of modalities rather than a single image array so that
+    datasets with more than RGB (point maps, depth, foreground masks) and
+    derived per-sample data (backbone features) travel together and are
+    indexed, shuffled and augmented alike (see :meth:`take`,
+    :func:`~jaxflow_ad.data.augment.flip_rot90_samples`).
+
     Attributes:
-      images: float32 [N, S, S, 3] in [0, 1], resized to ``image_size`` with
-        PIL bilinear; grayscale files are converted to RGB.
+      samples: per-sample arrays, each with leading dimension N, keyed by
+        modality. ``"image"`` is always there: uint8 [N, S, S, 3], resized to
+        ``image_size`` with PIL bilinear, grayscale files converted to RGB.
+        Images stay uint8 because float32 would take 4x the memory for no
+        information (the files are 8-bit); models convert per batch. Other
+        readers add e.g. ``"xyz"`` float32 [N, S, S, 3], ``"depth"``
+        [N, S, S], ``"foreground"`` bool [N, S, S]; a value may itself be a
+        dict of arrays (``samples["features"] = {tap: float32 [N, h, w, c]}``).
       masks: N bool arrays at each image's native resolution (H, W); all
         False for good images.
       labels: int32 [N], 1 = defective.
       defect_types: "good" or the defect folder name, per sample.
       paths: image file paths (str), per sample.
+      split, category: where the split came from.
+      files: every file read to build the split (images and masks), which
+        :meth:`fingerprint` stats; empty for a split built in memory.
+      file_stats: ``(size, st_mtime_ns)`` of each of ``files`` as taken just
+        before the file was read (:func:`stat_file`), or empty if the reader
+        did not record them. They let :meth:`fingerprint` describe the data
+        in memory rather than whatever is on disk when it is called.
     """
 
-    images: np.ndarray
+    samples: dict[str, Any]
     masks: list[np.ndarray]
     labels: np.ndarray
     defect_types: list[str]
     paths: list[str]
     split: str = ""
     category: str = ""
+    files: list[str] = dataclasses.field(default_factory=list)
+    file_stats: list[tuple[int, int]] = dataclasses.field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        # Checked here, once, so that a mismatched row count fails where the
+        # split is built and not later as a silently misaligned batch.
+        if not isinstance(self.samples, Mapping) or "image" not in self.samples:
+            raise ValueError(
+                "Split.samples must be a dict with at least the key 'image' (uint8 [N, S, S, 3]); got "
+                f"{type(self.samples).__name__}"
+                f"{' with keys ' + str(sorted(self.samples)) if isinstance(self.samples, Mapping) else ''}. "
+                "Wrap the image array: Split(samples={'image': images}, ...)."
+            )
+        image = self.samples["image"]
+        if np.ndim(image) != 4 or np.shape(image)[-1] != 3 or np.asarray(image).dtype != np.uint8:
+            raise ValueError(
+                f"Split.samples['image'] must be uint8 [N, S, S, 3], got {np.asarray(image).dtype} "
+                f"{np.shape(image)}. Convert float images in [0, 1] with "
+                "np.rint(images * 255).astype(np.uint8)."
+            )
+        n = len(self.paths)
+        for name in ("masks", "labels", "defect_types"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(
+                    f"Split.{name} has {len(getattr(self, name))} entries but Split.paths has {n}: "
+                    "every per-sample field needs one entry per sample."
+                )
+        _check_rows(self.samples, n, "Split.samples")
+        if self.file_stats and len(self.file_stats) != len(self.files):
+            raise ValueError(
+                f"Split.file_stats has {len(self.file_stats)} entries but Split.files has {len(self.files)}: "
+                "record one (size, mtime_ns) per file with stat_file(), or leave file_stats empty."
+            )
 
     def __len__(self) -> int:
         return len(self.paths)
 
     @property
+    def images(self) -> np.ndarray:
+        """``samples["image"]``: uint8 [N, S, S, 3]."""
+        return self.samples["image"]
+
+    @property
     def keys(self) -> list[tuple[str, str, str]]:
         """Unique ``(split, defect_type, stem)`` per sample."""
         return [(self.split, d, pathlib.Path(p).stem) for d, p in zip(self.defect_types, self.paths)]
+
+    def take(self, indices) -> dict[str, Any]:
+        """Rows ``indices`` of every sample array, as a new nested dict.
+
+        ``indices`` is a 1-D integer array (a batch of sample indices, in any
+        order, repeats allowed). Nested dicts such as ``samples["features"]``
+        are indexed alike, so a batch keeps every modality aligned.
+        """
+        idx = np.asarray(indices)
+        if idx.size == 0:
+            idx = idx.astype(np.intp)
+        if idx.ndim != 1 or idx.dtype.kind not in "iu":
+            raise ValueError(
+                f"Split.take needs a 1-D integer array of sample indices, got {idx.dtype} {idx.shape}. "
+                "Pass e.g. np.arange(n) or a permutation slice."
+            )
+        return _take(self.samples, idx)
+
+    def with_samples(self, **arrays) -> Split:
+        """A copy with extra or replaced ``samples`` entries, e.g.
+        ``split.with_samples(features={"p2": f2, "p3": f3})``.
+
+        The other entries and fields are shared, not copied. Values are
+        converted to NumPy (a device array is brought to the host once here
+        rather than at every :meth:`take`); every array, also inside nested
+        dicts, must have one row per sample, else ValueError naming the key.
+        """
+        new = _as_arrays(arrays)
+        _check_rows(new, len(self), "with_samples")
+        return dataclasses.replace(self, samples={**self.samples, **new})
+
+    def fingerprint(self) -> str:
+        """A sha256 hex digest of what the split was built from, for caches keyed by data.
+
+        It covers ``category``, ``split``, the shape and dtype of
+        ``samples["image"]`` (so another ``image_size`` gives another
+        fingerprint) and, for every file in ``files``, its path, size and
+        modification time in ns. Stat-ing instead of hashing contents keeps it
+        cheap enough to compute on every run for a whole dataset; like make
+        or rsync's quick check it misses a rewrite that keeps both the size
+        and the timestamp (a timestamp is as fine as the file system's clock,
+        a few ms on Linux), which no normal copy or regeneration does.
+
+        The sizes and times hashed are those recorded when each file was read
+        (``file_stats``), and every file is stat-ed again now: a file that
+        vanished or changed since raises, because the pixels in memory no
+        longer match the disk and features cached under either state would be
+        served for the other. Without ``file_stats`` the current stats are
+        hashed. A split built in memory (``files`` empty) has nothing on disk;
+        its fingerprint hashes the bytes of every sample array instead, so it
+        still never matches different data.
+
+        Raises:
+          DatasetError: a file in ``files`` vanished or changed since it was read.
+        """
+        h = hashlib.sha256()
+        image = np.asarray(self.samples["image"])
+        h.update(f"jaxflow_ad.Split/1\0{self.category}\0{self.split}\0{image.shape}\0{image.dtype.str}\0".encode())
+        if not self.files:
+            _hash_arrays(h, self.samples, "samples")
+            return h.hexdigest()
+        recorded = self.file_stats or [None] * len(self.files)
+        for path, then in zip(self.files, recorded):
+            now = stat_file(path, f"{self.category}/{self.split}")
+            if then is not None and tuple(then) != now:
+                raise DatasetError(
+                    f"File {path} of {self.category}/{self.split} changed on disk since the split was read "
+                    f"(size, mtime_ns {tuple(then)} -> {now}): the data in memory is stale. Load the split again."
+                )
+            h.update(os.fsencode(path) + f"\0{now[0]}\0{now[1]}\n".encode())
+        return h.hexdigest()
 
     def masks_at(self, size: int, threshold: float = 0.5) -> np.ndarray:
         """Masks resized to ``[N, size, size]`` bool.
@@ -150,6 +319,26 @@ class Split:
             f = f.resize((size, size), Image.Resampling.BILINEAR)
             out[i] = np.asarray(f) >= threshold
         return out
+
+
+def stat_file(path: str | os.PathLike, what: str = "the split") -> tuple[int, int]:
+    """``(size, st_mtime_ns)`` of a dataset file, as :meth:`Split.fingerprint` hashes it.
+
+    Readers call it just before reading each file and store the results in
+    ``Split.file_stats``: a file rewritten while or after it is read then
+    fails the fingerprint instead of being cached under the new state.
+
+    Raises:
+      DatasetError: the file does not exist or cannot be stat-ed.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DatasetError(
+            f"File {path} of {what} vanished or became unreadable ({type(e).__name__}: {e}): the "
+            "dataset changed on disk. Restore the file or load the split again."
+        ) from e
+    return st.st_size, st.st_mtime_ns
 
 
 # ----------------------------------------------------------------------------
@@ -346,6 +535,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 def _load_one(rec: Record, image_size: int | None):
+    """(uint8 image, bool mask, [(size, mtime_ns) of the image, and of the mask if any])."""
+    stats = [stat_file(rec.image_path)]
     im = read_image(rec.image_path)
     native = (im.height, im.width)
     if image_size is not None and native != (image_size, image_size):
@@ -354,6 +545,7 @@ def _load_one(rec: Record, image_size: int | None):
     if rec.mask_path is None:
         mask = np.zeros(native, dtype=bool)
     else:
+        stats.append(stat_file(rec.mask_path))
         mask = read_mask(rec.mask_path)
         if mask.shape != native:
             raise DatasetError(
@@ -361,7 +553,7 @@ def _load_one(rec: Record, image_size: int | None):
                 f"(WxH) but its image {rec.image_path} is {native[1]}x{native[0]}. "
                 "A mask must have its image's size; regenerate or replace it."
             )
-    return arr, mask
+    return arr, mask, stats
 
 
 def load_split(
@@ -379,6 +571,11 @@ def load_split(
       num_workers: threads decoding images (default: min(8, CPUs)); PIL
         releases the GIL while decoding and resizing.
 
+    Returns:
+      A :class:`Split` with ``samples == {"image": uint8 [N, S, S, 3]}``,
+      ``files`` listing every image and mask read and ``file_stats`` their
+      sizes and times as read.
+
     Raises:
       DatasetError: on any missing, unreadable or inconsistent file.
     """
@@ -393,7 +590,7 @@ def load_split(
         loaded = [_load_one(r, image_size) for r in records]
     if image_size is None:
         first = loaded[0][0].shape
-        for rec, (a, _) in zip(records, loaded):
+        for rec, (a, _, _) in zip(records, loaded):
             if a.shape != first:
                 raise DatasetError(
                     f"Images of {category}/{split} differ in size: "
@@ -401,16 +598,21 @@ def load_split(
                     f"{records[0].image_path} is {first[1]}x{first[0]}. Pass "
                     "image_size=S to resize them all to SxS."
                 )
-    n = len(records)
-    images = np.empty((n,) + loaded[0][0].shape, dtype=np.float32)
-    for i, (a, _) in enumerate(loaded):
-        np.multiply(a, np.float32(1.0 / 255.0), out=images[i])
+    # One uint8 copy of the pixels, as decoded: float32 would be 4x the memory.
+    images = np.stack([a for a, _, _ in loaded])
+    files = []
+    for r in records:
+        files.append(str(r.image_path))
+        if r.mask_path is not None:
+            files.append(str(r.mask_path))
     return Split(
-        images=images,
-        masks=[m for _, m in loaded],
+        samples={"image": images},
+        masks=[m for _, m, _ in loaded],
         labels=np.array([r.label for r in records], dtype=np.int32),
         defect_types=[r.defect_type for r in records],
         paths=[str(r.image_path) for r in records],
         split=split,
         category=category,
+        files=files,
+        file_stats=[st for _, _, stats in loaded for st in stats],
     )

@@ -19,6 +19,7 @@ checkpoint sees exactly the batches an uninterrupted run sees.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -35,7 +36,9 @@ from jaxflow_ad import metrics as metrics_lib
 from jaxflow_ad import models
 from jaxflow_ad.engine import parallel, report
 from jaxflow_ad.engine.checkpoint import Checkpointer
+from jaxflow_ad.engine.features import FeatureCache
 from jaxflow_ad.engine.writers import ScalarWriter
+from jaxflow_ad.models import base
 
 log = logging.getLogger("jaxflow_ad")
 MODES = ("train", "eval", "all")
@@ -50,7 +53,7 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, list[
     """The dataset root (the built-in set when ``data.root`` is empty) and the categories to run."""
     if config.data.root:
         root = pathlib.Path(config.data.root).expanduser()
-        available = data_lib.list_categories(root)  # raises DatasetError naming the root
+        available = data_lib.get_reader(config.data.layout).list_categories(root)  # DatasetError naming the root
     else:
         root = data_lib.ensure_builtin()
         available = list(data_lib.BUILTIN_CATEGORIES)
@@ -63,15 +66,6 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, list[
             f"config key data.categories names {missing}, not found under {root}; available: {available}"
         )
     return root, wanted
-
-
-def _augment_on(config, category: str) -> bool:
-    mode = config.data.augment
-    if mode == "auto":
-        return data_lib.is_texture(category)
-    if mode in ("none", "flip_rot90"):
-        return mode == "flip_rot90"
-    raise ValueError(f"config key data.augment={mode!r}: use 'auto', 'none' or 'flip_rot90'")
 
 
 class _Timer:
@@ -91,9 +85,51 @@ class _Timer:
             self.path.write_text(json.dumps({"seconds": self.total}))
 
 
-def _batches(images: np.ndarray, batch_size: int):
-    for i in range(0, len(images), batch_size):
-        yield images[i : i + batch_size]
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+    """Where a stage sits on the global step axis: steps ``[begin, end)``."""
+
+    index: int
+    stage: base.Stage
+    batch_size: int
+    steps_per_epoch: int
+    begin: int
+    end: int
+
+
+def plan_stages(method, config, num_train: int, category: str) -> list[StagePlan]:
+    """Batch size, steps per epoch and global step range of every stage (nothing written to the config)."""
+    plans, begin = [], 0
+    for k, stage in enumerate(method.stages):
+        bs = int(stage.batch_size or config.train.batch_size)
+        key = "train.batch_size" if stage.batch_size is None else f"the batch size of stage {stage.name!r}"
+        parallel.check_batch_size(bs, key)
+        spe = num_train // bs
+        if spe == 0:
+            raise ValueError(f"{key}={bs} is larger than the {num_train} training images of {category}; lower it")
+        plans.append(StagePlan(k, stage, bs, spe, begin, begin + stage.epochs * spe))
+        begin += stage.epochs * spe
+    return plans
+
+
+def _rows(n: int, batch_size: int):
+    for i in range(0, n, batch_size):
+        yield np.arange(i, min(i + batch_size, n))
+
+
+def fit_statistics(method, state, split: data_lib.Split, mesh, batch_size: int, stats_fn=None):
+    """``method``'s statistics over ``split`` (no augmentation), through the mesh; returns the
+    state with them, replicated. The host sees per-sample outputs, padding rows removed."""
+    fn = stats_fn or parallel.jit_score(mesh, method.statistics_batch)
+
+    def outputs():
+        for rows in _rows(len(split), batch_size):
+            out = fn(state, parallel.global_batch(mesh, parallel.pad_rows(split.take(rows), batch_size)))
+            host = jax.device_get(out)
+            yield jax.tree_util.tree_map(lambda a, k=rows.size: np.asarray(a)[:k], host)
+
+    stats = method.fit_statistics(state, outputs())
+    return parallel.to_replicated(mesh, state.replace(stats=stats))
 
 
 def train_category(
@@ -107,31 +143,26 @@ def train_category(
     writer: ScalarWriter,
     state,
 ):
-    """Run every stage from the latest checkpoint on; returns the trained state."""
-    bs = int(config.train.batch_size)
-    parallel.check_batch_size(bs, "train.batch_size")
+    """Run every stage from the latest checkpoint on; returns the trained state (statistics fitted)."""
     n = len(train)
-    spe = n // bs
-    if spe == 0:
-        raise ValueError(f"train.batch_size={bs} is larger than the {n} training images of {category}; lower it")
-    bounds, begin = [], 0
-    for stage in method.stages:
-        bounds.append((begin, begin + stage.epochs * spe))
-        begin += stage.epochs * spe
+    plans = plan_stages(method, config, n, category)
+    eval_bs = int(config.eval.batch_size)
+    stats_fn = parallel.jit_score(mesh, method.statistics_batch) if method.has_statistics else None
     start = ckpt.latest_step() or 0
     if start:
-        k = next(i for i, (b, e) in enumerate(bounds) if start <= e)
-        state = parallel.to_replicated(mesh, ckpt.restore(method.stages[k].init_opt(state), start))
+        p = next(p for p in plans if start <= p.end)
+        state = parallel.to_replicated(mesh, ckpt.restore(p.stage.init_opt(state, p.steps_per_epoch), start))
         log.info("%s: resumed from step %d (%s)", category, start, ckpt.directory)
-    augment = _augment_on(config, category)
     timer = _Timer(cat_dir / "train_time.json")
     key = jax.random.PRNGKey(config.seed)
-    for k, (stage, (b, e)) in enumerate(zip(method.stages, bounds)):
+    for p in plans:
+        stage, bs, spe, b, e = p.stage, p.batch_size, p.steps_per_epoch, p.begin, p.end
         if start >= e:
             continue
         if start == b:
-            state = parallel.to_replicated(mesh, stage.init_opt(state))
-        step_fn = parallel.jit_train_step(mesh, stage.train_step)
+            state = parallel.to_replicated(mesh, stage.init_opt(state, spe))
+        step_fn = parallel.jit_train_step(mesh, stage.train_step(spe))
+        refresh = int(stage.refresh_statistics_every) * spe
         bar = tqdm(
             total=e - b,
             initial=start - b,
@@ -143,90 +174,117 @@ def train_category(
         )
         for step in range(start, e):
             epoch, i = divmod(step - b, spe)
-            order = np.random.default_rng([config.seed, k, epoch]).permutation(n)
-            images = train.images[order[i * bs : (i + 1) * bs]]
-            rng = np.random.default_rng([config.seed, k, step])
-            if augment:
-                images = data_lib.flip_rot90(images, rng)
-            batch = parallel.global_batch(mesh, stage.prepare_batch(images, rng))
-            state, m = step_fn(state, batch, jax.random.fold_in(key, step))
+            order = np.random.default_rng([config.seed, p.index, epoch]).permutation(n)
+            rng = np.random.default_rng([config.seed, p.index, step])
+            batch = stage.prepare_batch(train.take(order[i * bs : (i + 1) * bs]), rng)
+            state, m = step_fn(state, parallel.global_batch(mesh, batch), jax.random.fold_in(key, step))
             m = {name: float(v) for name, v in m.items()}  # waits for the step: also avoids the
             bar.set_postfix(loss=f"{m['loss']:.4g}", refresh=False)  # 2-core collective deadlock (environment.md)
             bar.update(1)
             if not np.isfinite(m["loss"]):
                 raise FloatingPointError(
-                    f"{category}: loss is {m['loss']} at step {step}; lower train.optimizer.lr or check the data"
+                    f"{category}: loss is {m['loss']} at step {step} (stage {stage.name}); "
+                    "lower the learning rate or check the data"
                 )
-            if (step + 1) % config.train.log_every_steps == 0 or step + 1 == e:
+            last = step + 1 == e
+            final = last and p.index == len(plans) - 1
+            if method.has_statistics and ((refresh and (step + 1 - b) % refresh == 0) or final):
+                state = fit_statistics(method, state, train, mesh, eval_bs, stats_fn)
+                writer.write(step + 1, {f"train/{stage.name}/statistics_refit": 1.0})
+            if (step + 1) % config.train.log_every_steps == 0 or last:
                 writer.write(step + 1, {f"train/{stage.name}/{name}": v for name, v in m.items()})
-            if (step + 1) % config.train.checkpoint_every_steps == 0 or step + 1 == e:
+            if (step + 1) % config.train.checkpoint_every_steps == 0 or last:
                 ckpt.save(step + 1, state, force=True)
                 timer.save()
         bar.close()
         start = e
     ckpt.wait()
     timer.save()
+    if method.has_statistics and not jax.tree_util.tree_leaves(state.stats):
+        state = fit_statistics(method, state, train, mesh, eval_bs, stats_fn)  # a checkpoint from before the fit
     return state, timer.total
+
+
+def score_split(method, config, state, split: data_lib.Split, mesh) -> tuple[np.ndarray, np.ndarray, float]:
+    """Anomaly maps and image scores of ``split``; inference images/s (compile excluded)."""
+    bs = int(config.eval.batch_size)
+    parallel.check_batch_size(bs, "eval.batch_size")
+    score = parallel.jit_score(mesh, method.score, num_args=3)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    batches = [parallel.pad_rows(split.take(rows), bs) for rows in _rows(len(split), bs)]
+    jax.block_until_ready(score(state, parallel.global_batch(mesh, batches[0]), key))  # compile
+    maps, scores = [], []
+    t0 = time.perf_counter()
+    for j, batch in enumerate(
+        tqdm(batches, desc="evaluate", disable=not _is_main(), leave=False, mininterval=_BAR_INTERVAL)
+    ):
+        m, s = score(state, parallel.global_batch(mesh, batch), jax.random.fold_in(key, j))
+        maps.append(np.asarray(jax.device_get(m)))
+        scores.append(np.asarray(jax.device_get(s)))
+    seconds = time.perf_counter() - t0
+    n = len(split)
+    return np.concatenate(maps)[:n], np.concatenate(scores)[:n], len(batches) * bs / seconds
 
 
 def evaluate_category(method, config, state, test: data_lib.Split, mesh) -> tuple[dict, np.ndarray, np.ndarray]:
     """Anomaly maps and scores of the test split; metrics; inference throughput (compile excluded)."""
-    bs = int(config.eval.batch_size)
-    parallel.check_batch_size(bs, "eval.batch_size")
-    score = parallel.jit_score(mesh, method.score)
-    maps, scores = [], []
-    n = len(test)
-    pad = (-n) % bs
-    images = np.concatenate([test.images, np.repeat(test.images[-1:], pad, axis=0)]) if pad else test.images
-    jax.block_until_ready(score(state, parallel.global_batch(mesh, {"x": images[:bs]})["x"]))  # compile
-    t0 = time.perf_counter()
-    for chunk in tqdm(
-        list(_batches(images, bs)), desc="evaluate", disable=not _is_main(), leave=False, mininterval=_BAR_INTERVAL
-    ):
-        m, s = score(state, parallel.global_batch(mesh, {"x": chunk})["x"])
-        maps.append(np.asarray(jax.device_get(m)))
-        scores.append(np.asarray(jax.device_get(s)))
-    seconds = time.perf_counter() - t0
-    maps, scores = np.concatenate(maps)[:n], np.concatenate(scores)[:n]
+    maps, scores, images_per_s = score_split(method, config, state, test, mesh)
     res = config.eval.resolution
     res = res if res == "native" else int(res)
     result = metrics_lib.evaluate(
         test.labels, scores, test.masks, maps, fpr_limit=config.eval.fpr_limit, resolution=res
     )
-    result["images_per_s"] = len(images) / seconds
+    result["images_per_s"] = images_per_s
     return result, maps, scores
+
+
+def example_batch(method, train: data_lib.Split) -> dict:
+    """One training sample for ``method.init``; extractor features as zeros of the right shape
+    (their shapes come from ``jax.eval_shape``: no extractor run)."""
+    example = train.take(np.arange(1))
+    ext = method.extractor
+    if ext is not None:
+        x = example[ext.modality]
+        example["features"] = {t: np.zeros(s, np.float32) for t, s in ext.output_shapes(x.shape, x.dtype).items()}
+    return example
 
 
 def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: str, mode: str) -> dict:
     cfg = models.configure(config, category)
     cat_dir = workdir / category
     cat_dir.mkdir(parents=True, exist_ok=True)
+    reader = data_lib.get_reader(cfg.data.layout)
     size = int(cfg.data.image_size)
-    train = data_lib.load_split(root, category, "train", size)
-    with cfg.unlocked():
-        cfg.train.steps_per_epoch = len(train) // int(cfg.train.batch_size)
     method = models.build(cfg)
-    notes = list(getattr(method, "notes", []))  # e.g. which backbone weights stand in
+    notes = list(method.notes) + ([method.extractor.note] if method.extractor and method.extractor.note else [])
     for note in notes:
         log.warning("%s: %s", category, note)
     mesh = parallel.make_mesh()
-    state = parallel.to_replicated(mesh, method.init(jax.random.PRNGKey(cfg.seed), (size, size, 3)))
+    cache = FeatureCache(
+        cat_dir / "features", mesh, int(cfg.eval.batch_size), int(cfg.data.feature_cache_memory_mb) * 2**20
+    )
+    train = reader.load_split(root, category, "train", size)
+    rng = jax.random.PRNGKey(cfg.seed)
+    state = parallel.to_replicated(mesh, method.init(rng, example_batch(method, train)))
     ckpt = Checkpointer(cat_dir / "checkpoints")
     writer = ScalarWriter(workdir, category)
     try:
         if mode in ("train", "all"):
+            train = cache.attach(method.extractor, train)
             state, train_time = train_category(method, cfg, train, category, cat_dir, mesh, ckpt, writer, state)
         else:
             if ckpt.latest_step() is None:
                 raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: run with --mode=train or --mode=all first")
-            k = len(method.stages) - 1
-            state = parallel.to_replicated(mesh, ckpt.restore(method.stages[k].init_opt(state)))
+            last = plan_stages(method, cfg, len(train), category)[-1]
+            state = parallel.to_replicated(mesh, ckpt.restore(last.stage.init_opt(state, last.steps_per_epoch)))
+            if method.has_statistics and not jax.tree_util.tree_leaves(state.stats):
+                train = cache.attach(method.extractor, train)
+                state = fit_statistics(method, state, train, mesh, int(cfg.eval.batch_size))
             t = cat_dir / "train_time.json"
             train_time = json.loads(t.read_text())["seconds"] if t.exists() else float("nan")
         if mode == "train":
             return {"train_time_s": train_time}
-        state = method.fit_statistics(state, _batches(train.images, int(cfg.eval.batch_size)))
-        test = data_lib.load_split(root, category, "test", size)
+        test = cache.attach(method.extractor, reader.load_split(root, category, "test", size))
         result, maps, _ = evaluate_category(method, cfg, state, test, mesh)
         result["train_time_s"] = train_time
         writer.write(int(jax.device_get(state.step)), {f"eval/{k}": v for k, v in result.items()})

@@ -57,18 +57,31 @@ def process_slice(global_batch: int) -> slice:
     return slice(i * per, (i + 1) * per)
 
 
-def global_batch(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Host arrays holding the *global* batch -> global arrays sharded on ``"batch"``.
+def global_batch(mesh: Mesh, batch: Any) -> Any:
+    """Host arrays holding the *global* batch (a pytree, e.g. ``{"image": ..., "features": {tap: ...}}``)
+    -> global arrays sharded on ``"batch"``.
 
     Every process passes the same global batch (it is cheap to index on the
     host) and contributes only its own rows.
     """
     sh = batch_sharded(mesh)
-    out = {}
-    for k, v in batch.items():
+
+    def put(v):
         v = np.asarray(v)
-        out[k] = jax.make_array_from_process_local_data(sh, v[process_slice(v.shape[0])], v.shape)
-    return out
+        return jax.make_array_from_process_local_data(sh, v[process_slice(v.shape[0])], v.shape)
+
+    return jax.tree_util.tree_map(put, batch)
+
+
+def pad_rows(tree: Any, size: int) -> Any:
+    """Every array of ``tree`` padded to ``size`` rows by repeating its last row (a short last batch)."""
+
+    def pad(v):
+        v = np.asarray(v)
+        n = v.shape[0]
+        return v if n == size else np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)])
+
+    return jax.tree_util.tree_map(pad, tree)
 
 
 def to_replicated(mesh: Mesh, tree: Any) -> Any:
@@ -81,7 +94,10 @@ def jit_train_step(mesh: Mesh, step: Callable) -> Callable:
     return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0)
 
 
-def jit_score(mesh: Mesh, score: Callable) -> Callable:
-    """``(state, images) -> (maps, scores)``; outputs replicated so every process can read them."""
+def jit_score(mesh: Mesh, fn: Callable, num_args: int = 2) -> Callable:
+    """``fn(replicated, batch, *replicated)`` jitted with its second argument sharded over the
+    mesh: ``score(state, batch, rng)``, ``statistics_batch(state, batch)``, an extractor's
+    ``apply(variables, x)``. Outputs are replicated so that every process can read them."""
     rep, data = replicated(mesh), batch_sharded(mesh)
-    return jax.jit(score, in_shardings=(rep, data), out_shardings=(rep, rep))
+    shardings = tuple(data if i == 1 else rep for i in range(num_args))
+    return jax.jit(fn, in_shardings=shardings, out_shardings=rep)

@@ -35,10 +35,29 @@ def _colormap(x: np.ndarray) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """An image as uint8 for PIL: uint8 (as ``Split.images`` stores it) as is,
+    float in [0, 1] clipped and scaled as before, so float input renders
+    exactly as it always did."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype.kind in "biu":
+        # Other integer types have no agreed range (uint16 PNGs, 0/1 masks): refuse rather than guess.
+        raise ValueError(
+            f"images must be uint8 in [0, 255] or float in [0, 1], got dtype {image.dtype}; "
+            "convert with image.astype(np.uint8) or image / 255."
+        )
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
 def heatmap_panel(image: np.ndarray, mask: np.ndarray, amap: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """image | ground truth | anomaly map | overlay, at the mask's resolution."""
+    """image | ground truth | anomaly map | overlay, at the mask's resolution.
+
+    ``image`` is uint8 [H, W, 3] or float [H, W, 3] in [0, 1].
+    """
     h, w = mask.shape
-    img = np.asarray(Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR))
+    img = np.asarray(Image.fromarray(_to_uint8(image)).resize((w, h), Image.BILINEAR))
     m = resize_maps(amap[None], (h, w))[0] if amap.shape != (h, w) else amap
     heat = _colormap((m - lo) / max(hi - lo, 1e-12))
     gt = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=-1)
@@ -56,7 +75,10 @@ def write_heatmaps(
     paths: Sequence[str],
     per_kind: int,
 ) -> list[str]:
-    """A few figures for every defect kind (and 'good'); colour range shared by the category."""
+    """A few figures for every defect kind (and 'good'); colour range shared by the category.
+
+    ``images`` are uint8 [N, H, W, 3] (``Split.images``) or float in [0, 1].
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     lo, hi = float(np.min(maps)), float(np.max(maps))
     written, seen = [], {}
@@ -71,8 +93,9 @@ def write_heatmaps(
 
 
 def save_image(path: pathlib.Path, image: np.ndarray) -> None:
+    """Write ``image`` (uint8, or float in [0, 1]) as a PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)
+    Image.fromarray(_to_uint8(image)).save(path)
 
 
 def mean_row(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

@@ -1,8 +1,7 @@
 """Methods, looked up by ``config.model.name`` in one registry.
 
-Each entry is ``"module:Class"``; modules are imported on first use so that
-importing the package stays cheap. A method class may define
-``configure(config, category) -> config`` for per-category settings.
+Each entry is ``"module:Class"``, a subclass of :class:`jaxflow_ad.models.base.Method`;
+modules are imported on first use so that importing the package stays cheap.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ def configure(config: ml_collections.ConfigDict, category: str) -> ml_collection
     """A copy of ``config`` with the method's per-category settings applied."""
     cls = get(config.model.name)
     cfg = ml_collections.ConfigDict(config.to_dict())
-    return cls.configure(cfg, category) if hasattr(cls, "configure") else cfg
+    return cls.configure(cfg, category)
 
 
 def build(config: ml_collections.ConfigDict):

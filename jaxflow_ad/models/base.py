@@ -1,49 +1,68 @@
-"""The small interface between methods and the engine.
+"""The contract between methods and the engine.
 
-A method is built from a ``ConfigDict`` and offers:
+::
 
-* ``init(rng, image_shape) -> State``: every variable it needs, in one pytree.
-* ``stages``: one or more :class:`Stage` s. Each has a pure, *global* train step
-  ``(state, batch, rng) -> (state, metrics)``: it is written as if the whole
-  global batch sat on one device. The engine jits it with the batch sharded over
-  the mesh axis ``"batch"`` and the state replicated, and XLA inserts the
-  collectives (batch statistics, pairwise losses across devices and the gradient
-  all-reduce all come out exactly as on one device).
-* ``fit_statistics(state, batches) -> State``: a pass over the training images
-  after training (PyramidFlow's latent template, a memory bank, ...).
-* ``score(state, images) -> (pixel_map [B,H,W], image_score [B])``.
-* ``artifacts(state) -> {name: HxWx3 float image in [0,1]}``: pictures for the
-  report (PyramidFlow's image template); may be empty.
+    Method                                   Engine (jaxflow_ad.engine.loop)
+    ------                                   -------------------------------
+    configure(config, category) -> config    per-category settings (augment "auto" resolved here)
+    extractor: FrozenExtractor | None        runs it once per split over the mesh, caches the
+                                             features (engine.features), adds them to the samples
+                                             as batch["features"][tap]; never checkpointed
+    init(rng, example_batch) -> State        one host sample (image uint8 [1,H,W,3], features, ...)
+    stages: (Stage, ...)                     trains them in order, one gradient step for all
+                                             (gradient_step below), resumable at any step
+    statistics_batch(state, batch) -> tree   jitted over the mesh on the training split; the
+    fit_statistics(state, outputs) -> stats  host reduces the per-sample outputs; refreshed every
+                                             ``stage.refresh_statistics_every`` epochs and after
+                                             the last stage; saved with the checkpoint
+    score(state, batch, rng) -> (maps, s)    jitted over the mesh; deterministic for a given rng
+    artifacts(state) -> {name: image}        pictures for the report
+    notes                                    lines for the log and report (stand-in weights, ...)
 
-Images handed to a method are float32 NHWC in [0, 1]; each method normalises
-them itself.
+A :class:`Stage` is a loss, an optimizer built from the steps per epoch, a
+trainable mask, host-side batch preparation, and optionally its own batch size
+and a statistics refresh period. :func:`gradient_step` is the one training step
+of every stage of every method: ``value_and_grad`` of the stage's loss, the
+optimizer on the trainable parameters only, the new model state.
+
+Batches are dicts of arrays. What the data reader gives (``image`` uint8
+``[B,H,W,3]`` always; ``xyz``, ``depth``, ``foreground`` where a dataset has
+them; ``features`` when the method has an extractor) reaches
+``Stage.prepare_batch`` on the host, whose output reaches the loss on the
+devices. ``score`` and ``statistics_batch`` get the reader's batch as it is.
+Images stay uint8 until a method calls :func:`to_float` on the device (4x less
+memory and transfer).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import struct
 
 PyTree = Any
-Batch = Mapping[str, jax.Array]
+Batch = Mapping[str, Any]
+LossFn = Callable[[PyTree, "State", Batch, jax.Array], tuple[jax.Array, tuple[dict, PyTree]]]
 
 
 class State(struct.PyTreeNode):
     """Everything a method carries between steps; checkpointed as one pytree.
 
     Attributes:
-      step: global step counter (int32 scalar).
-      params: trainable parameters (what the optimizer updates).
-      model_state: non-trainable variables, e.g. ``{"volume_norm": ...}``,
-        ``{"batch_stats": ...}``, ``{"constants": ...}`` (frozen buffers).
-      opt_state: optax state for the current stage.
-      stats: statistics fitted after training (template, memory bank); ``{}`` before.
+      step: global step counter over all stages (int32 scalar).
+      params: trainable parameters of every stage (each stage updates its mask of them).
+      model_state: non-trainable variables updated by the loss, e.g. ``{"batch_stats": ...}``,
+        volume-norm running means, frozen constants. Never a frozen extractor's weights.
+      opt_state: optax state of the current stage (over its trainable parameters only).
+      stats: fitted statistics (template, memory bank); ``{}`` before the first fit. Saved
+        with the checkpoint. Lists, dicts and arrays only (what orbax restores without a target).
     """
 
     step: jax.Array
@@ -53,10 +72,40 @@ class State(struct.PyTreeNode):
     stats: PyTree
 
 
-def host_identity(images: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Default host-side batch preparation: the images as they are."""
+def to_float(images):
+    """uint8 images -> float32 in [0, 1] (``x * float32(1/255)``, as the readers did before);
+    float images pass through. Works on NumPy and JAX arrays."""
+    xp = jnp if isinstance(images, jax.Array) else np
+    if images.dtype == np.uint8:
+        return images.astype(xp.float32) * xp.float32(1.0 / 255.0)
+    return images.astype(xp.float32)
+
+
+def host_to_float(batch: dict, rng: np.random.Generator) -> dict:
+    """The default host-side preparation: the batch as it is (images stay uint8)."""
     del rng
-    return {"image": images}
+    return dict(batch)
+
+
+def trainable_mask(params: PyTree, prefixes: Sequence[str] | None) -> PyTree:
+    """A pytree of Python bools like ``params``: True where a leaf's path starts with one of
+    ``prefixes`` ("flow", "cma/encoder", ...; ``None`` = every leaf). Unknown prefixes raise."""
+    if prefixes is None:
+        return jax.tree_util.tree_map(lambda _: True, params)
+    prefixes = tuple(p.strip("/") for p in prefixes)
+    paths = []
+
+    def mark(path, _):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        paths.append(name)
+        return any(name == p or name.startswith(p + "/") for p in prefixes)
+
+    mask = jax.tree_util.tree_map_with_path(mark, params)
+    unknown = [p for p in prefixes if not any(n == p or n.startswith(p + "/") for n in paths)]
+    if unknown:
+        top = sorted({n.split("/")[0] for n in paths})
+        raise ValueError(f"trainable prefixes {unknown} match no parameter; top-level parameters: {top}")
+    return mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,33 +113,155 @@ class Stage:
     """One training stage.
 
     Attributes:
-      name: shown in logs and used in checkpoint metadata.
+      name: shown in logs; metrics are logged as ``train/<name>/<metric>``.
       epochs: passes over the training split.
-      train_step: pure global step ``(state, batch, rng) -> (state, metrics)``.
-      tx: the optimizer of this stage (``init_opt`` re-initialises ``opt_state``
-        with it when a stage starts).
-      prepare_batch: host-side NumPy ``(images, np_rng) -> batch dict``, e.g.
-        anomaly synthesis; runs before the batch is sharded.
+      loss_fn: pure global ``(params, state, batch, rng) -> (loss, (metrics, new_model_state))``;
+        ``state`` gives the model state, statistics and step; ``batch`` is what
+        :attr:`prepare_batch` returned, sharded over the mesh.
+      optimizer: ``steps_per_epoch -> optax transform`` (schedules need the epoch length; the
+        engine knows it, the config does not). Wrap it in ``optax.inject_hyperparams`` to have
+        its learning rate logged.
+      trainable: path prefixes of the parameters this stage trains (``None``: all). The others
+        stay bit-identical and get no optimizer state.
+      prepare_batch: host-side NumPy ``(batch, np_rng) -> batch`` (augmentation of every
+        spatial modality alike, anomaly synthesis).
+      batch_size: this stage's global batch (``None``: ``config.train.batch_size``).
+      refresh_statistics_every: refit the method's statistics every this many epochs of the
+        stage (0: only after the last stage).
     """
 
     name: str
     epochs: int
-    train_step: Callable[[State, Batch, jax.Array], tuple[State, dict]]
-    tx: optax.GradientTransformation
-    prepare_batch: Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]] = host_identity
+    loss_fn: LossFn
+    optimizer: Callable[[int], optax.GradientTransformation]
+    trainable: tuple[str, ...] | None = None
+    prepare_batch: Callable[[dict, np.random.Generator], dict] = host_to_float
+    batch_size: int | None = None
+    refresh_statistics_every: int = 0
 
-    def init_opt(self, state: State) -> State:
-        return state.replace(opt_state=self.tx.init(state.params))
+    def tx(self, params: PyTree, steps_per_epoch: int) -> optax.GradientTransformation:
+        """The optimizer restricted to the trainable parameters."""
+        tx = self.optimizer(steps_per_epoch)
+        return tx if self.trainable is None else optax.masked(tx, trainable_mask(params, self.trainable))
+
+    def init_opt(self, state: State, steps_per_epoch: int) -> State:
+        return state.replace(opt_state=self.tx(state.params, steps_per_epoch).init(state.params))
+
+    def train_step(self, steps_per_epoch: int) -> Callable[[State, Batch, jax.Array], tuple[State, dict]]:
+        """The pure global step of this stage: :func:`gradient_step` with its loss and optimizer."""
+
+        def step(state: State, batch: Batch, rng: jax.Array):
+            return gradient_step(self, self.tx(state.params, steps_per_epoch), state, batch, rng)
+
+        return step
 
 
-class Method(Protocol):
-    name: str
-    stages: tuple[Stage, ...]
+def _learning_rate(opt_state) -> jax.Array | None:
+    """The learning rate an ``optax.inject_hyperparams`` optimizer used in this step, if any."""
+    hp = getattr(opt_state, "hyperparams", None)
+    if isinstance(hp, dict) and "learning_rate" in hp:
+        return hp["learning_rate"]
+    if isinstance(opt_state, (tuple, list)):
+        for s in opt_state:
+            lr = _learning_rate(s)
+            if lr is not None:
+                return lr
+    return None
 
-    def init(self, rng: jax.Array, image_shape: tuple[int, int, int]) -> State: ...
 
-    def fit_statistics(self, state: State, batches: Iterable[np.ndarray]) -> State: ...
+def gradient_step(stage: Stage, tx: optax.GradientTransformation, state: State, batch: Batch, rng: jax.Array):
+    """One step of any stage: ``(state, metrics)`` after one optimizer update.
 
-    def score(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+    Gradients of frozen parameters are replaced by zeros (XLA then never computes them) and
+    the frozen leaves of the result are the input leaves themselves, so they stay
+    bit-identical (adding a zero update would turn -0.0 into +0.0).
+    """
+    mask = trainable_mask(state.params, stage.trainable)
 
-    def artifacts(self, state: State) -> dict[str, np.ndarray]: ...
+    def loss(params):
+        return stage.loss_fn(params, state, batch, rng)
+
+    (value, (metrics, new_ms)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+    grads = jax.tree_util.tree_map(lambda m, g: g if m else jnp.zeros_like(g), mask, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = optax.apply_updates(state.params, updates)
+    params = jax.tree_util.tree_map(lambda m, n, p: n if m else p, mask, new, state.params)
+    metrics = {"loss": value, **metrics, "grad_norm": optax.global_norm(grads)}
+    lr = _learning_rate(opt_state)
+    if lr is not None:
+        metrics["lr"] = lr
+    new_state = state.replace(step=state.step + 1, params=params, model_state=new_ms, opt_state=opt_state)
+    return new_state, metrics
+
+
+AUGMENT_MODES = ("auto", "none", "flip_rot90")
+
+
+def resolve_augment(mode: str, category: str) -> str:
+    """``data.augment`` for one category: ``auto`` is flips + rot90 for textures, none otherwise."""
+    from jaxflow_ad import data as data_lib
+
+    if mode not in AUGMENT_MODES:
+        raise ValueError(f"config key data.augment={mode!r}: use one of {AUGMENT_MODES}")
+    if mode == "auto":
+        return "flip_rot90" if data_lib.is_texture(category) else "none"
+    return mode
+
+
+class Method:
+    """Defaults for every method: no extractor, no statistics, no artifacts, no notes.
+
+    Subclasses set :attr:`name` and :attr:`stages` and implement :meth:`init` and
+    :meth:`score`; those with fitted statistics set :attr:`has_statistics` and implement
+    :meth:`statistics_batch` and :meth:`fit_statistics`.
+    """
+
+    name: str = ""
+    has_statistics: bool = False
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.stages: tuple[Stage, ...] = ()
+        self.extractor = None  # a jaxflow_ad.backbones.FrozenExtractor, or None
+        self.notes: list[str] = []
+
+    @classmethod
+    def configure(cls, config: ml_collections.ConfigDict, category: str) -> ml_collections.ConfigDict:
+        """Per-category settings on a copy of the config (default: resolve ``data.augment``)."""
+        config.data.augment = resolve_augment(str(config.data.get("augment", "none")), category)
+        return config
+
+    def augment(self, batch: dict, rng: np.random.Generator) -> dict:
+        """``data.augment`` on the host: flips and rot90 of every spatial modality alike."""
+        if self.config.data.get("augment", "none") == "flip_rot90":
+            from jaxflow_ad.data import flip_rot90_samples
+
+            return flip_rot90_samples(batch, rng)
+        return dict(batch)
+
+    def init(self, rng: jax.Array, example_batch: Batch) -> State:
+        raise NotImplementedError
+
+    def statistics_batch(self, state: State, batch: Batch) -> PyTree:
+        """Per-sample device outputs (leading axis B) that :meth:`fit_statistics` reduces."""
+        raise NotImplementedError(f"{type(self).__name__} has no statistics")
+
+    def fit_statistics(self, state: State, outputs: Iterable[PyTree]) -> PyTree:
+        """Host-side reduction of the :meth:`statistics_batch` outputs (padding rows removed) to
+        ``state.stats``. Gets an iterator, so a memory bank can be built in bounded memory."""
+        raise NotImplementedError(f"{type(self).__name__} has no statistics")
+
+    def score(self, state: State, batch: Batch, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(pixel maps [B, h, w], image scores [B])``; deterministic for a given ``rng``."""
+        raise NotImplementedError
+
+    def artifacts(self, state: State) -> dict[str, np.ndarray]:
+        del state
+        return {}
+
+    def statistics_from(self, state: State, batches: Iterable[Batch]) -> State:
+        """``state`` with statistics fitted on one device from host batches: the engine's fit
+        without a mesh, for notebooks and tests."""
+        fn = jax.jit(self.statistics_batch)
+        outputs = (jax.tree_util.tree_map(np.asarray, fn(state, b)) for b in batches)
+        return state.replace(stats=self.fit_statistics(state, outputs))

@@ -23,8 +23,8 @@ Pipeline (paper Fig. 3, Sec. 3):
 Schedule (paper Sec. 4.3 and official ``train.py``): Adam (lr 1e-4, no weight
 decay), batch 8, 800 epochs on MVTec AD (400 on VisA), learning rate x0.2 after
 80 % and 90 % of the epochs (``MultiStepLR([0.8 E, 0.9 E], 0.2)`` stepped per
-epoch). Here the schedule is per step, so it needs ``train.steps_per_epoch``
-(the engine sets it from the training-set size); the milestones are
+epoch). Here the schedule is per step, built from the steps per epoch the
+engine passes to the stage's optimizer factory; the milestones are
 ``ceil(0.8 E)`` and ``ceil(0.9 E)`` epochs. (The official milestones are floats
 compared with an integer epoch counter, so with an epoch count that is not a
 multiple of 10 a milestone is never hit; we do not reproduce that.)
@@ -57,7 +57,6 @@ Paper vs official code, and our choices:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -67,7 +66,7 @@ import numpy as np
 import optax
 
 from jaxflow_ad.data import anomaly_synth
-from jaxflow_ad.models.base import Stage, State
+from jaxflow_ad.models.base import Method, Stage, State, to_float
 from jaxflow_ad.nn.unet import UNet
 from jaxflow_ad.scoring.fair_score import fair_anomaly_map, image_scores
 from jaxflow_ad.scoring.similarity import restoration_loss
@@ -129,41 +128,41 @@ def multistep_schedule(
     return schedule
 
 
-class FAIR:
+class FAIR(Method):
     """The FAIR method for the engine (see :mod:`jaxflow_ad.models.base`).
 
-    Batches for :meth:`train_step` come from :meth:`prepare_batch`:
-    ``{"image": clean target [B,H,W,3], "augmented": corrupted [B,H,W,3],
-    "mask": [B,H,W]}``, float32 in [0, 1].
+    One stage (``restoration``), no statistics. Batches for :meth:`loss` come from
+    :meth:`prepare_batch`: ``{"image": clean target [B,H,W,3], "augmented":
+    corrupted [B,H,W,3], "mask": [B,H,W]}``, float32 in [0, 1].
     """
 
     name = "fair"
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
+        super().__init__(config)
         m, t = config.model, config.train
-        self.extractor = str(m.extractor)
-        self.in_channels = extractor_channels(self.extractor, bool(m.get("per_channel", False)))
+        self.extractor_name = str(m.extractor)
+        self.in_channels = extractor_channels(self.extractor_name, bool(m.get("per_channel", False)))
         self.net = UNet(base_width=int(m.base_width), out_channels=3)
-        steps_per_epoch = int(t.get("steps_per_epoch", 0) or 0)
-        if steps_per_epoch <= 0:
-            raise ValueError(
-                "FAIR needs config.train.steps_per_epoch (ceil(number of training images / train.batch_size)) "
-                "for its exact learning-rate schedule; set it before building the method"
-            )
-        opt = t.optimizer
-        self.schedule = multistep_schedule(
-            float(opt.lr), int(t.epochs), steps_per_epoch, tuple(opt.milestones), float(opt.gamma)
-        )
-        self.tx = optax.adam(self.schedule)
         synth = dict(t.synth.items()) if "synth" in t else {}
         texture_root = config.data.get("texture_root", "") if "data" in config else ""
         synth["texture_root"] = texture_root or None
         self.synth_config = anomaly_synth.SynthConfig.from_config(synth)
         rng_range = float(t.get("ssim_data_range", 0.0) or 0.0)
         self.ssim_data_range = rng_range if rng_range > 0 else None
-        self.stages = (Stage("restoration", int(t.epochs), self.train_step, self.tx, self.prepare_batch),)
+        self.stages = (
+            Stage("restoration", int(t.epochs), self.loss, self.optimizer, prepare_batch=self.prepare_batch),
+        )
         self._init = jax.jit(lambda rng, x: self.net.init(rng, x, train=False))
+
+    def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
+        """Adam with the exact per-step MultiStep schedule (its learning rate is logged)."""
+        t = self.config.train
+        opt = t.optimizer
+        schedule = multistep_schedule(
+            float(opt.lr), int(t.epochs), steps_per_epoch, tuple(opt.milestones), float(opt.gamma)
+        )
+        return optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
 
     # -------------------------------------------------------------- pieces
     def extract(self, images: jax.Array) -> jax.Array:
@@ -171,7 +170,7 @@ class FAIR:
         m = self.config.model
         cutoff = effective_cutoff(float(m.cutoff), images.shape[1], int(m.get("cutoff_reference_size", 0)))
         return extract_high_frequency(
-            images, self.extractor, cutoff, float(m.order), bool(m.get("per_channel", False)), int(m.sobel_ksize)
+            images, self.extractor_name, cutoff, float(m.order), bool(m.get("per_channel", False)), int(m.sobel_ksize)
         )
 
     def reconstruct(self, state: State, images: jax.Array) -> jax.Array:
@@ -179,64 +178,47 @@ class FAIR:
         return self.net.apply({"params": state.params, **state.model_state}, self.extract(images), train=False)
 
     # -------------------------------------------------------------- training
-    def init(self, rng: jax.Array, image_shape: tuple[int, int, int]) -> State:
-        h, w = int(image_shape[0]), int(image_shape[1])
+    def init(self, rng: jax.Array, example_batch) -> State:
+        h, w = example_batch["image"].shape[1:3]
         variables = self._init(rng, jnp.zeros((1, h, w, self.in_channels), jnp.float32))
-        params = variables["params"]
-        model_state = {"batch_stats": variables["batch_stats"]}
         return State(
             step=jnp.zeros((), jnp.int32),
-            params=params,
-            model_state=model_state,
-            opt_state=self.tx.init(params),
+            params=variables["params"],
+            model_state={"batch_stats": variables["batch_stats"]},
+            opt_state=(),
             stats={},
         )
 
-    def prepare_batch(self, images: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Host side: random rotation of the clean image (the target), then synthetic anomalies."""
-        target = anomaly_synth.random_rotate(np.asarray(images, np.float32), rng, self.synth_config)
+    def prepare_batch(self, batch: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Host side: ``data.augment`` (none by default), a random rotation of the clean image (the
+        target), then synthetic anomalies."""
+        batch = self.augment(batch, rng)
+        target = anomaly_synth.random_rotate(to_float(batch["image"]), rng, self.synth_config)
         augmented, mask = anomaly_synth.synthesize(target, rng, self.synth_config)
         return {"image": target, "augmented": augmented, "mask": mask}
 
-    def loss(self, params, model_state, batch) -> tuple[jax.Array, tuple[dict, Any]]:
+    def loss(self, params, state: State, batch, rng) -> tuple[jax.Array, tuple[dict, Any]]:
+        """Eq. 7, ``MSE + (1 - SSIM)``, of the restoration of the corrupted image."""
+        del rng
         if "augmented" not in batch:
             raise ValueError("FAIR batches need an 'augmented' entry: prepare them with FAIR.prepare_batch")
         x = self.extract(batch["augmented"])
-        recon, new_vars = self.net.apply({"params": params, **model_state}, x, train=True, mutable=["batch_stats"])
-        loss, parts = restoration_loss(recon, batch["image"], data_range=self.ssim_data_range)
-        return loss, (parts, {"batch_stats": new_vars["batch_stats"]})
-
-    def train_step(self, state: State, batch, rng: jax.Array):
-        """Pure global step ``(state, batch, rng) -> (state, metrics)``; ``rng`` is unused."""
-        del rng
-        (loss, (parts, new_ms)), grads = jax.value_and_grad(self.loss, has_aux=True)(
-            state.params, state.model_state, batch
+        recon, new_vars = self.net.apply(
+            {"params": params, **state.model_state}, x, train=True, mutable=["batch_stats"]
         )
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(step=state.step + 1, params=params, model_state=new_ms, opt_state=opt_state)
-        metrics = {
-            "loss": loss,
-            "mse": parts["mse"],
-            "ssim": parts["ssim"],
-            "grad_norm": optax.global_norm(grads),
-            "lr": self.schedule(state.step),
-        }
-        return new_state, metrics
+        loss, parts = restoration_loss(recon, batch["image"], data_range=self.ssim_data_range)
+        return loss, ({"mse": parts["mse"], "ssim": parts["ssim"]}, {"batch_stats": new_vars["batch_stats"]})
 
-    # -------------------------------------------------------------- statistics and scoring
-    def fit_statistics(self, state: State, batches: Iterable[np.ndarray]) -> State:
-        """FAIR needs no statistics after training."""
-        del batches
-        return state
-
-    def score(self, state: State, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(anomaly maps [B, H, W], image scores [B])`` for NHWC images in [0, 1]."""
+    # -------------------------------------------------------------- scoring
+    def score(self, state: State, batch, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(anomaly maps [B, H, W], image scores [B])``; deterministic (``rng`` unused)."""
+        del rng
         s = self.config.model.score
+        images = to_float(batch["image"])
         recon = self.reconstruct(state, images)
         maps = fair_anomaly_map(
             recon,
-            images.astype(jnp.float32),
+            images,
             num_scales=int(s.num_scales),
             gms_c=float(s.gms_c),
             color_weight=float(s.color_weight),
@@ -244,7 +226,3 @@ class FAIR:
             channel_order=str(s.lab_channel_order),
         )
         return maps, image_scores(maps)
-
-    def artifacts(self, state: State) -> dict[str, np.ndarray]:
-        del state
-        return {}

@@ -39,15 +39,17 @@ memory-saving backprop updates the volume-norm running means three times per
 step; ours updates them once.
 
 The ResNet18-encoder variant replaces step 1 with a frozen ImageNet ResNet18
-stem (conv1, bn1, relu, maxpool, layer1: 64 channels at 1/4 resolution); its
-seam is :meth:`PyramidFlowNet.encode` and the ``model.encoder`` key.
+stem (conv1, bn1, relu, maxpool, layer1: 64 channels at 1/4 resolution), a
+frozen extractor whose features the engine computes once per split and caches
+(``model.encoder``; never in the checkpoint). The official-checkpoint converter
+is :func:`third_party.pyramidflow.from_official_state_dict`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +60,7 @@ import optax
 from jaxflow_ad.flows import pyramid as pyr
 from jaxflow_ad.flows.pyramid_coupling import PyramidCoupling, pyramid_schedule
 from jaxflow_ad.flows.reversible import chain_forward, chain_inverse
-from jaxflow_ad.models.base import Stage, State
+from jaxflow_ad.models.base import Method, Stage, State, to_float
 from jaxflow_ad.nn.conv import resolve_impl
 from jaxflow_ad.spectral.fourier_loss import mean_abs_fft2
 
@@ -163,7 +165,10 @@ class PyramidFlowNet:
 
     ``params = {"block_00": ..., ...}`` (trainable); ``model_state =
     {"encoder": {"in_proj": [3, C]}, "blocks": {"block_00": {"constants": ...,
-    "volume_norm": ...}}}``.
+    "volume_norm": ...}}}``. With a pretrained encoder (``encoder != "none"``) the
+    flow's input is the encoder's features, computed outside (a frozen extractor,
+    :class:`jaxflow_ad.backbones.FrozenExtractor`), and ``model_state`` has no
+    ``encoder`` entry.
     """
 
     channels: int = 16
@@ -178,8 +183,6 @@ class PyramidFlowNet:
     encoder: str = "none"
     conv_impl: str = "auto"  # "auto" | "xla" | "im2col" | "fft" | "fft_grad" (jaxflow_ad.nn.conv)
     up_polyphase: bool = True  # 'up' blocks: first conv as 4 polyphase convs at half resolution
-    # Pretrained-encoder variant: (flax module, tap name, mean, std) from jaxflow_ad.backbones.
-    backbone: tuple | None = None
 
     @functools.cached_property
     def layers(self) -> tuple[PyramidCoupling, ...]:
@@ -202,18 +205,18 @@ class PyramidFlowNet:
         return [f"block_{i:02d}" for i in range(len(self.layers))]
 
     # -------------------------------------------------------------- variables
-    def init(self, rng: jax.Array, image_shape: tuple[int, int, int], backbone_variables=None):
-        h, w, _ = image_shape
-        if self.backbone is None:
-            pyr.check_divisible((1, h, w), self.levels)
+    def init(self, rng: jax.Array, input_shape: tuple[int, int, int]):
+        """Variables for inputs of ``input_shape``: an image ``(H, W, 3)`` (FNF) or the
+        encoder's features ``(h, w, C)``."""
+        h, w, c = input_shape
         k_proj, k_blocks = jax.random.split(rng)
-        if self.backbone is None:
-            encoder = {"in_proj": orthogonal_projection(k_proj, self.channels)}
-        else:
-            encoder = {"backbone": backbone_variables}
-        feat_shape = jax.eval_shape(lambda e: self.encode({"encoder": e}, jnp.zeros((1, h, w, 3))), encoder).shape
-        if feat_shape[-1] != self.channels:
-            raise ValueError(f"model.channels={self.channels} but the encoder gives {feat_shape[-1]} channels")
+        model_state = {}
+        if self.encoder == "none":
+            pyr.check_divisible((1, h, w), self.levels)
+            model_state["encoder"] = {"in_proj": orthogonal_projection(k_proj, self.channels)}
+        elif c != self.channels:
+            raise ValueError(f"model.channels={self.channels} but the encoder gives {c} channels")
+        feat_shape = jax.eval_shape(lambda m: self.encode(m, jnp.zeros((1, h, w, c))), model_state).shape
         pyr.check_divisible(feat_shape, self.levels)
         feats = pyr.decompose(jnp.zeros(feat_shape), self.levels, self.pyramid_down, self.pyramid_up)
         params, blocks = {}, {}
@@ -221,29 +224,29 @@ class PyramidFlowNet:
             v = layer.init(key, feats, method=layer.forward)
             params[name] = v["params"]
             blocks[name] = {k: c for k, c in v.items() if k != "params"}
-        return params, {"encoder": encoder, "blocks": blocks}
+        return params, {**model_state, "blocks": blocks}
 
     def _variables(self, params, model_state):
         return [{"params": params[n], **model_state["blocks"][n]} for n in self.names]
 
     # -------------------------------------------------------------- maps
     def encode(self, model_state, x: jax.Array) -> jax.Array:
-        """ImageNet-normalised NHWC images -> features of the frozen encoder.
+        """The flow's input features.
 
-        FNF: the orthogonal 3->C projection. Pretrained variant: the backbone's
-        tap (ResNet18 ``layer1``: 64 channels at 1/4 resolution), in inference
-        mode. The official code leaves the ResNet BatchNorms in training mode
-        while the flow trains (batch statistics of 2 images, drifting running
-        stats); we keep the pretrained encoder fixed as the paper describes.
+        FNF: ImageNet-normalised NHWC images through the frozen orthogonal 3->C
+        projection. Pretrained variant: ``x`` already holds the frozen encoder's
+        features (ResNet18 ``layer1``: 64 channels at 1/4 resolution, computed in
+        inference mode by the engine's feature cache). The official code leaves
+        the ResNet BatchNorms in training mode while the flow trains (batch
+        statistics of 2 images, drifting running stats); we keep the pretrained
+        encoder fixed as the paper describes.
         """
-        if self.backbone is None:
+        if self.encoder == "none":
             return jax.lax.stop_gradient(x @ model_state["encoder"]["in_proj"])
-        module, tap, mean, std = self.backbone
-        x = (denormalize(x) - jnp.asarray(mean)) / jnp.asarray(std)
-        return jax.lax.stop_gradient(module.apply(model_state["encoder"]["backbone"], x)[tap])
+        return jax.lax.stop_gradient(x)
 
     def forward(self, params, model_state, x: jax.Array, *, train: bool = False):
-        """Normalised images -> ``(latent levels, logdet [B], new model_state)``."""
+        """Normalised images (or encoder features) -> ``(latent levels, logdet [B], new model_state)``."""
         feats = pyr.decompose(self.encode(model_state, x), self.levels, self.pyramid_down, self.pyramid_up)
         z, logdet, new_vars = chain_forward(
             self.layers,
@@ -288,34 +291,30 @@ ENCODERS = {"resnet18": "layer1", "resnet34": "layer1"}
 
 
 def load_encoder(m: ml_collections.ConfigDict):
-    """The frozen pretrained encoder of the ResNet variant: ``(backbone tuple, variables, note)``.
+    """The frozen pretrained encoder of the ResNet variant, as a :class:`FrozenExtractor`.
 
     Official default: ``conv1, bn1, relu, maxpool, layer1`` of an ImageNet ResNet18
     (64 channels at 1/4 resolution). Weights come from ``model.backbone.weights``
     (converted with ``python -m third_party.convert --arch resnet18 ...``); without
     them :func:`jaxflow_ad.backbones.load_backbone` falls back to EfficientNet-Lite0
-    at the same stride and says so in the note.
+    at the same stride and says so in the extractor's note, unless
+    ``model.backbone.require_weights``.
     """
-    from jaxflow_ad import backbones  # imported only for this variant
+    from jaxflow_ad.backbones import FrozenExtractor  # imported only for this variant
 
     if m.encoder not in ENCODERS:
         raise ValueError(f"unknown model.encoder {m.encoder!r}; use 'none' or one of {sorted(ENCODERS)}")
-    tap = ENCODERS[m.encoder]
     b = m.get("backbone", ml_collections.ConfigDict())
     cfg = {
         "arch": m.encoder,
         "weights": b.get("weights") or None,
-        "taps": (tap,),
         "random_init": bool(b.get("random_init", False)),
+        "require_weights": bool(b.get("require_weights", False)),
     }
-    loaded = backbones.load_backbone(cfg)
-    module, variables = loaded
-    feats = jax.eval_shape(lambda v: module.apply(v, jnp.zeros((1, 64, 64, 3))), variables)
-    out_tap = next(iter(feats))
-    return (module, out_tap, tuple(loaded.mean), tuple(loaded.std)), variables, loaded.note, feats[out_tap].shape[-1]
+    return FrozenExtractor.from_config(cfg, taps=(ENCODERS[m.encoder],))
 
 
-def net_from_config(m: ml_collections.ConfigDict, backbone=None, channels=None) -> PyramidFlowNet:
+def net_from_config(m: ml_collections.ConfigDict, channels=None) -> PyramidFlowNet:
     if m.loss not in LOSSES:
         raise ValueError(f"unknown model.loss {m.loss!r}; use one of {LOSSES}")
     return PyramidFlowNet(
@@ -329,171 +328,113 @@ def net_from_config(m: ml_collections.ConfigDict, backbone=None, channels=None) 
         fast_down=m.fast_down,
         reversible=m.reversible,
         encoder=m.encoder,
-        backbone=backbone,
         conv_impl=m.get("conv_impl", "auto"),
         up_polyphase=m.get("up_polyphase", True),
     )
 
 
-class PyramidFlow:
-    """The PyramidFlow method for the engine (see :mod:`jaxflow_ad.models.base`)."""
+class PyramidFlow(Method):
+    """The PyramidFlow method for the engine (see :mod:`jaxflow_ad.models.base`).
+
+    One stage (``flow``); statistics: the latent template. FNF reads
+    ``batch["image"]``; the ResNet variant reads ``batch["features"][tap]`` from its
+    frozen extractor (flips/rot90 of texture categories then act on the cached
+    feature maps, an approximation of the official augmentation of the input image:
+    the stem's convolutions are not flip-equivariant).
+    """
 
     name = "pyramidflow"
+    has_statistics = True
 
     def __init__(self, config: ml_collections.ConfigDict):
-        self.config = config
-        self.notes: list[str] = []
-        self._backbone_variables = None
-        if config.model.encoder == "none":
-            self.net = net_from_config(config.model)
+        super().__init__(config)
+        m = config.model
+        if m.template not in ("mean", "zero"):
+            raise ValueError(f"unknown model.template {m.template!r}; use 'mean' or 'zero'")
+        if m.encoder == "none":
+            self.net = net_from_config(m)
         else:  # the official code forces C to the encoder's channels (64 for ResNet18)
-            backbone, self._backbone_variables, note, channels = load_encoder(config.model)
-            self.notes.append(note)
-            self.net = net_from_config(config.model, backbone, channels)
-        self.tx = make_optimizer(config.train.optimizer)
-        self.stages = (Stage("flow", int(config.train.epochs), self.train_step, self.tx),)
-        self._eval_latents = jax.jit(self._latents_eval)
+            self.extractor = load_encoder(m)
+            (tap,) = self.extractor.taps
+            channels = self.extractor.output_shapes((1, 64, 64, 3))[tap][-1]
+            self.net = net_from_config(m, channels)
+        self.stages = (
+            Stage(
+                "flow",
+                int(config.train.epochs),
+                self.loss,
+                lambda spe: make_optimizer(config.train.optimizer),
+                prepare_batch=self.augment,
+            ),
+        )
 
-    @staticmethod
-    def configure(config: ml_collections.ConfigDict, category: str) -> ml_collections.ConfigDict:
+    @classmethod
+    def configure(cls, config: ml_collections.ConfigDict, category: str) -> ml_collections.ConfigDict:
         """Apply the official per-category levels and volume norm when ``data.per_category``."""
         if config.data.get("per_category", False) and category in CATEGORY_SETTINGS:
             s = CATEGORY_SETTINGS[category]
             config.model.levels = s["levels"]
             config.model.volume_norm = s["volume_norm"]
-        return config
+        return super().configure(config, category)
+
+    def inputs(self, batch) -> jax.Array:
+        """The flow's input: ImageNet-normalised images (FNF) or the extractor's features."""
+        if self.extractor is None:
+            return normalize(to_float(batch["image"]))
+        return batch["features"][self.extractor.taps[0]]
 
     # -------------------------------------------------------------- training
-    def init(self, rng: jax.Array, image_shape: tuple[int, int, int]) -> State:
-        params, model_state = self.net.init(rng, image_shape, self._backbone_variables)
-        return State(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            model_state=model_state,
-            opt_state=self.tx.init(params),
-            stats={},
-        )
+    def init(self, rng: jax.Array, example_batch) -> State:
+        params, model_state = self.net.init(rng, tuple(self.inputs(example_batch).shape[1:]))
+        return State(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state, opt_state=(), stats={})
 
-    def loss(self, params, model_state, images: jax.Array):
-        """``(loss, new model_state)`` for a batch of [0,1] images."""
+    def loss(self, params, state: State, batch, rng):
+        """Eq. 9 (or an ablation's loss) on a batch; ``(loss, ({}, new model_state))``."""
+        del rng  # deterministic given the batch
         m = self.config.model
-        z, logdet, new_ms = self.net.forward(params, model_state, normalize(images), train=True)
+        z, logdet, new_ms = self.net.forward(params, state.model_state, self.inputs(batch), train=True)
         if m.loss == "fourier":
             value = fourier_loss(z, self.net.pyramid_up)
         elif m.loss == "spatial":
             value = spatial_loss(z, self.net.pyramid_up)
         else:
             value = gaussian_nll(z, logdet)
-        return value, new_ms
-
-    def train_step(self, state: State, batch, rng: jax.Array):
-        del rng  # deterministic given the batch
-        (loss, new_ms), grads = jax.value_and_grad(self.loss, has_aux=True)(
-            state.params, state.model_state, batch["image"]
-        )
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(step=state.step + 1, params=params, model_state=new_ms, opt_state=opt_state)
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return value, ({}, new_ms)
 
     # -------------------------------------------------------------- statistics and scoring
-    def _latents_eval(self, params, model_state, images):
-        z, _, _ = self.net.forward(params, model_state, normalize(images), train=False)
-        return z
+    def latents(self, state: State, batch) -> list[jax.Array]:
+        """Evaluation-mode latent pyramid of a batch."""
+        z, _, _ = self.net.forward(state.params, state.model_state, self.inputs(batch), train=False)
+        return list(z)
 
-    def fit_statistics(self, state: State, batches: Iterable[np.ndarray]) -> State:
-        """Latent template: the mean evaluation-mode latent pyramid over the training images."""
+    def statistics_batch(self, state: State, batch) -> list[jax.Array]:
+        return self.latents(state, batch)
+
+    def fit_statistics(self, state: State, outputs) -> dict:
+        """Latent template: the mean evaluation-mode latent pyramid over the training images
+        (a zero template for ablation II)."""
+        del state
         total, count = None, 0
-        for images in batches:
-            z = self._eval_latents(state.params, state.model_state, jnp.asarray(images))
-            s = [jnp.sum(l, axis=0, keepdims=True) for l in z]
+        for z in outputs:
+            s = [np.sum(l, axis=0, keepdims=True, dtype=np.float64) for l in z]
             total = s if total is None else [a + b for a, b in zip(total, s)]
-            count += images.shape[0]
+            count += z[0].shape[0]
         if not count:
-            raise ValueError("fit_statistics got no training images (is data.train split empty?)")
-        template = tuple(t / count for t in total)
+            raise ValueError("fit_statistics got no training images (is the train split empty?)")
+        template = [(t / count).astype(np.float32) for t in total]
         if self.config.model.template == "zero":
-            template = tuple(jnp.zeros_like(t) for t in template)
-        elif self.config.model.template != "mean":
-            raise ValueError(f"unknown model.template {self.config.model.template!r}; use 'mean' or 'zero'")
-        return state.replace(stats={"template": template})
+            template = [np.zeros_like(t) for t in template]
+        return {"template": template}
 
-    def score(self, state: State, images: jax.Array):
-        z = self._latents_eval(state.params, state.model_state, images)
+    def score(self, state: State, batch, rng: jax.Array):
+        """Eq. 10 anomaly maps and their maxima; deterministic (``rng`` unused)."""
+        del rng
+        z = self.latents(state, batch)
         amap = anomaly_map(z, state.stats["template"], self.net.pyramid_up, self.config.model.difference)
         return amap, jnp.max(amap, axis=(1, 2))
 
     def artifacts(self, state: State) -> dict[str, np.ndarray]:
-        if self.net.backbone is not None or "template" not in state.stats:
+        if self.extractor is not None or "template" not in state.stats:
             return {}
         img = self.net.image_from_latents(state.params, state.model_state, state.stats["template"])
         return {"image_template": np.asarray(img[0])}
-
-
-def oihw_to_hwio(w: np.ndarray) -> np.ndarray:
-    """PyTorch conv weight ``[O, I, kh, kw]`` -> flax kernel ``[kh, kw, I, O]``."""
-    return np.transpose(np.asarray(w), (2, 3, 1, 0))
-
-
-def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
-    return np.transpose(np.asarray(x), (0, 2, 3, 1))
-
-
-def from_official_state_dict(sd, net: PyramidFlowNet, params_template=None, model_state_template=None):
-    """Official ``PyramidFlow.state_dict()`` (names ``nf.moduleslst.{i}...``, ``inconv.weight``) ->
-    ``(params, model_state)`` of ``net``.
-
-    Layout changes: conv weights OIHW -> HWIO; ``inconv.weight [C,3,1,1]`` ->
-    ``in_proj [3, C]``; volume-norm running means NCHW -> NHWC, broadcast from
-    the official initial ``(1,1,1,1)`` buffer, and taken at even pixels where
-    our 'down' block runs its last conv at stride 2. Any key of ``sd`` not
-    used raises, so a mismatched architecture cannot load silently.
-    Entries missing from ``sd`` (e.g. gradients have no buffers) are taken from
-    the templates when given.
-    """
-    sd = {k: np.asarray(v) for k, v in sd.items()}
-    used = set()
-
-    def take(key):
-        used.add(key)
-        return sd[key]
-
-    if params_template is None or model_state_template is None:
-        h = 2 ** (net.levels - 1) * 8
-        params_template, model_state_template = net.init(jax.random.PRNGKey(0), (h, h, 3))
-    params = jax.tree_util.tree_map(np.asarray, params_template)
-    ms = jax.tree_util.tree_map(np.asarray, model_state_template)
-    for i, name in enumerate(net.names):
-        pre = f"nf.moduleslst.{i}."
-        p = params[name]
-        for ours, theirs in (("conv0", "conv.0"), ("conv1", "conv.2")):
-            k = pre + f"affineParams.{theirs}.weight"
-            if k in sd:
-                p["affine"][ours]["kernel"] = oihw_to_hwio(take(k))
-        for n in ("w_l", "w_u", "w_s"):
-            if pre + f"conv1x1.{n}" in sd:
-                p["lu"][n] = take(pre + f"conv1x1.{n}")
-        blk = ms["blocks"][name]
-        if pre + "conv1x1.w_p" in sd:
-            blk["constants"]["lu"]["perm"] = take(pre + "conv1x1.w_p")
-            blk["constants"]["lu"]["sign"] = take(pre + "conv1x1.s_sign")
-            for n in ("u_mask", "l_mask", "l_eye"):  # derivable; checked, not stored
-                used.add(pre + f"conv1x1.{n}")
-        k = pre + "affineParams.norm.running_mean"
-        if k in sd and "volume_norm" in blk:
-            rm = nchw_to_nhwc(take(k))
-            ours = blk["volume_norm"]["affine"]["norm"]["running_mean"]
-            if rm.shape[1] > ours.shape[1]:  # fine grid -> the even pixels we keep
-                step = rm.shape[1] // ours.shape[1]
-                rm = rm[:, ::step, ::step]
-            blk["volume_norm"]["affine"]["norm"]["running_mean"] = np.broadcast_to(rm, ours.shape).astype(np.float32)
-    if "inconv.weight" in sd:
-        ms["encoder"]["in_proj"] = take("inconv.weight")[:, :, 0, 0].T
-    extra = sorted(set(sd) - used)
-    if extra:
-        raise KeyError(
-            f"official state dict has keys this PyramidFlowNet does not use (wrong levels/stacks?): "
-            f"{extra[:5]}{' ...' if len(extra) > 5 else ''}"
-        )
-    cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), t)
-    return cast(params), cast(ms)

@@ -18,8 +18,10 @@ batches = [rng.random((4, 16, 16, 3), dtype=np.float32) for _ in range(3)]
 out = {}
 for n in (1, 2):
     mesh = parallel.make_mesh(jax.devices()[:n])
-    state = parallel.to_replicated(mesh, method.init(jax.random.PRNGKey(0), (16, 16, 3)))
-    step = parallel.jit_train_step(mesh, method.train_step)
+    stage = method.stages[0]
+    state = method.init(jax.random.PRNGKey(0), {"image": np.zeros((1, 16, 16, 3), np.uint8)})
+    state = parallel.to_replicated(mesh, stage.init_opt(state, 1))
+    step = parallel.jit_train_step(mesh, stage.train_step(1))
     losses = []
     for b in batches:
         state, m = step(state, parallel.global_batch(mesh, {"image": b}), jax.random.PRNGKey(1))

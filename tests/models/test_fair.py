@@ -42,7 +42,6 @@ def _textures(n, rng):
 def _config(**model):
     cfg = get_config("smoke")
     cfg.model.base_width = 8
-    cfg.train.steps_per_epoch = STEPS_PER_EPOCH
     cfg.train.epochs = EPOCHS
     cfg.train.optimizer.lr = LR  # a short run needs a larger rate than the official 1e-4
     cfg.model.score.mean_size = 5  # tiny images: a 21x21 filter would smear the defect over everything
@@ -53,12 +52,15 @@ def _config(**model):
 @pytest.fixture(scope="module")
 def trained():
     method = F.FAIR(_config())
-    state = method.init(jax.random.key(0), (SIZE, SIZE, 3))
-    step = jax.jit(method.train_step)
+    stage = method.stages[0]
+    state = stage.init_opt(
+        method.init(jax.random.key(0), {"image": np.zeros((1, SIZE, SIZE, 3), np.uint8)}), STEPS_PER_EPOCH
+    )
+    step = jax.jit(stage.train_step(STEPS_PER_EPOCH))
     rng = np.random.default_rng(0)
     losses, first_state = [], state
     for i in range(STEPS):
-        batch = method.prepare_batch(_textures(8, rng), rng)
+        batch = stage.prepare_batch({"image": _textures(8, rng)}, rng)
         state, metrics = step(state, {k: jnp.asarray(v) for k, v in batch.items()}, jax.random.key(i))
         losses.append(float(metrics["loss"]))
     return method, first_state, state, losses, metrics
@@ -83,7 +85,7 @@ def test_score_shapes_and_pasted_defect(trained):
     defect = clean.copy()
     defect[:, 10:20, 10:20] = [0.1, 0.2, 0.6]  # a dark blue square: new colour and new edges
     images = jnp.asarray(np.concatenate([clean, defect]))
-    maps, scores = jax.jit(method.score)(state, images)
+    maps, scores = jax.jit(method.score)(state, {"image": images}, None)
     maps, scores = np.asarray(maps), np.asarray(scores)
     assert maps.shape == (8, SIZE, SIZE) and scores.shape == (8,)
     assert np.isfinite(maps).all()
@@ -128,7 +130,8 @@ def test_extractors(extractor, channels):
     assert x.shape == (2, SIZE, SIZE, channels) == (2, SIZE, SIZE, F.extractor_channels(extractor))
     assert float(jnp.abs(x).max()) > 0
     method = F.FAIR(_config(extractor=extractor))
-    shapes = jax.eval_shape(lambda k: method.init(k, (SIZE, SIZE, 3)), jax.random.key(0))
+    example = {"image": np.zeros((1, SIZE, SIZE, 3), np.uint8)}
+    shapes = jax.eval_shape(lambda k: method.init(k, example), jax.random.key(0))
     assert shapes.params["enc0_a"]["Conv_0"]["kernel"].shape == (3, 3, channels, 8)
     assert isinstance(shapes, State)
 
@@ -137,10 +140,8 @@ def test_cutoff_scaling_and_config_errors():
     assert F.effective_cutoff(30.0, 256) == 30.0
     assert F.effective_cutoff(30.0, 64) == 7.5
     assert F.effective_cutoff(30.0, 64, 0) == 30.0
-    cfg = _config()
-    cfg.train.steps_per_epoch = 0
     with pytest.raises(ValueError, match="steps_per_epoch"):
-        F.FAIR(cfg)
+        F.FAIR(_config()).optimizer(0)
     with pytest.raises(ValueError, match="unknown model.extractor"):
         F.FAIR(_config(extractor="laplace"))
     for arg in (None, "paper", "smoke"):
@@ -154,8 +155,8 @@ def test_cutoff_scaling_and_config_errors():
 def test_prepare_batch_host_side():
     method = F.FAIR(_config())
     imgs = _textures(8, np.random.default_rng(1))
-    b1 = method.prepare_batch(imgs, np.random.default_rng(5))
-    b2 = method.prepare_batch(imgs, np.random.default_rng(5))
+    b1 = method.prepare_batch({"image": imgs}, np.random.default_rng(5))
+    b2 = method.prepare_batch({"image": imgs}, np.random.default_rng(5))
     assert set(b1) == {"image", "augmented", "mask"}
     for k in b1:
         np.testing.assert_array_equal(b1[k], b2[k])

@@ -50,10 +50,15 @@ def _method(**model):
     return pf.PyramidFlow(cfg)
 
 
+def _init(method, size=16):
+    return method.init(jax.random.PRNGKey(0), {"image": np.zeros((1, size, size, 3), np.uint8)})
+
+
 def _trained(method, steps=3):
     rng = np.random.default_rng(1)
-    state = method.init(jax.random.PRNGKey(0), (16, 16, 3))
-    step = jax.jit(method.train_step)
+    stage = method.stages[0]
+    state = stage.init_opt(_init(method), 1)
+    step = jax.jit(stage.train_step(1))
     for _ in range(steps):
         state, m = step(state, {"image": jnp.asarray(rng.random((4, 16, 16, 3), np.float32))}, None)
         assert np.isfinite(float(m["loss"]))
@@ -75,10 +80,10 @@ def test_ablations_train_and_score(model):
     method = _method(**model)
     state = _trained(method)
     rng = np.random.default_rng(2)
-    state = method.fit_statistics(state, [rng.random((4, 16, 16, 3), np.float32)])
+    state = method.statistics_from(state, [{"image": rng.random((4, 16, 16, 3), np.float32)}])
     if model.get("template") == "zero":
         assert all(float(jnp.abs(t).max()) == 0 for t in state.stats["template"])
-    maps, scores = method.score(state, jnp.asarray(rng.random((2, 16, 16, 3), np.float32)))
+    maps, scores = method.score(state, {"image": jnp.asarray(rng.random((2, 16, 16, 3), np.float32))}, None)
     assert maps.shape == (2, 16, 16) and scores.shape == (2,)
     np.testing.assert_allclose(scores, maps.max(axis=(1, 2)))
     assert np.all(np.asarray(maps) >= 0)
@@ -88,13 +93,13 @@ def test_anomaly_map_is_zero_on_the_template_and_grows_with_a_defect():
     method = _method()
     state = _trained(method)
     x = np.random.default_rng(3).random((1, 16, 16, 3)).astype(np.float32)
-    z = method._latents_eval(state.params, state.model_state, jnp.asarray(x))
+    z = method.latents(state, {"image": jnp.asarray(x)})
     state = state.replace(stats={"template": z})
-    m0, _ = method.score(state, jnp.asarray(x))
+    m0, _ = method.score(state, {"image": jnp.asarray(x)}, None)
     np.testing.assert_allclose(m0, 0.0, atol=1e-5)
     y = x.copy()
     y[0, 4:8, 4:8] = 1.0 - y[0, 4:8, 4:8]
-    m1, _ = method.score(state, jnp.asarray(y))
+    m1, _ = method.score(state, {"image": jnp.asarray(y)}, None)
     inside, outside = float(m1[0, 4:8, 4:8].mean()), float(m1[0, 12:, 12:].mean())
     assert inside > 5 * outside
 
@@ -104,7 +109,7 @@ def test_image_template_inverts_the_whole_model():
     method = _method()
     state = _trained(method)
     x = np.random.default_rng(4).random((1, 16, 16, 3)).astype(np.float32) * 0.8 + 0.1
-    z = method._latents_eval(state.params, state.model_state, jnp.asarray(x))
+    z = method.latents(state, {"image": jnp.asarray(x)})
     img = method.net.image_from_latents(state.params, state.model_state, z)
     np.testing.assert_allclose(img, x, atol=2e-4)
     art = method.artifacts(state.replace(stats={"template": z}))
@@ -125,35 +130,81 @@ def test_bad_config_values_are_named():
     with pytest.raises(ValueError, match="model.loss"):
         _method(loss="l1")
     with pytest.raises(ValueError, match="model.volume_norm"):
-        _method(volume_norm="BN").init(jax.random.PRNGKey(0), (16, 16, 3))
+        _init(_method(volume_norm="BN"))
     with pytest.raises(ValueError, match="data.image_size or model.levels"):
-        _method().init(jax.random.PRNGKey(0), (18, 18, 3))
+        _init(_method(), 18)
+
+
+def test_uint8_images_give_the_float_results():
+    """Samples keep images as uint8; the method converts them on the device as the reader did (XLA may
+    fuse the conversion with the normalisation, so equal to float32 rounding, not bit for bit)."""
+    method = _method()
+    state = _trained(method)
+    u8 = np.random.default_rng(5).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    f32 = np.empty(u8.shape, np.float32)
+    np.multiply(u8, np.float32(1 / 255), out=f32)  # what load_split stored before
+    state = method.statistics_from(state, [{"image": u8}])
+    a, _ = jax.jit(method.score)(state, {"image": u8}, None)
+    b, _ = jax.jit(method.score)(state, {"image": f32}, None)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(a).max()) > 0.1
 
 
 def test_resnet18_encoder_variant(tmp_path):
-    """Frozen ResNet18 stem + layer1 in front of the flow: 64 channels at 1/4 resolution, trains, scores."""
+    """Frozen ResNet18 stem + layer1 in front of the flow: 64 channels at 1/4 resolution, a frozen
+    extractor outside the state (and so outside every checkpoint); trains and scores on its features."""
     from jaxflow_ad import backbones
+    from jaxflow_ad.engine.checkpoint import Checkpointer
 
     cfg = pf_config.get_config("smoke")
     cfg.model.update(encoder="resnet18", levels=3, stacks=1, ksize=3)
     cfg.model.backbone.random_init = True
     method = pf.PyramidFlow(cfg)
-    assert method.net.channels == 64 and "RANDOM" in method.notes[0]
-    state = method.init(jax.random.PRNGKey(0), (32, 32, 3))
-    enc = state.model_state["encoder"]["backbone"]
+    ext = method.extractor
+    assert method.net.channels == 64 and "RANDOM" in ext.note and ext.taps == ("layer1",)
     rng = np.random.default_rng(0)
-    step = jax.jit(method.train_step)
-    state2, m = step(state, {"image": jnp.asarray(rng.random((2, 32, 32, 3), np.float32))}, None)
+    images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    feats = {"layer1": np.asarray(ext(images)["layer1"])}
+    assert feats["layer1"].shape == (2, 8, 8, 64)
+    state = method.init(jax.random.PRNGKey(0), {"image": images[:1], "features": {"layer1": feats["layer1"][:1]}})
+    assert "encoder" not in state.model_state
+    n_state = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(state))
+    n_ext = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(ext.variables))
+    assert n_ext > 100_000 > n_state / 10  # the encoder is far larger than anything left in the state
+    stage = method.stages[0]
+    state = stage.init_opt(state, 1)
+    state2, m = jax.jit(stage.train_step(1))(state, {"image": images, "features": feats}, None)
     assert np.isfinite(float(m["loss"]))
-    for a, b in zip(jax.tree_util.tree_leaves(enc), jax.tree_util.tree_leaves(state2.model_state["encoder"])):
-        np.testing.assert_array_equal(a, b)  # the encoder is frozen
-    state2 = method.fit_statistics(state2, [rng.random((2, 32, 32, 3), np.float32)])
-    maps, _ = method.score(state2, jnp.asarray(rng.random((2, 32, 32, 3), np.float32)))
+    state2 = method.statistics_from(state2, [{"image": images, "features": feats}])
+    maps, _ = method.score(state2, {"image": images, "features": feats}, None)
     assert maps.shape == (2, 8, 8)
     assert method.artifacts(state2) == {}
-    # weights from a converted file are used when given
+    # the checkpoint holds the flow and its template, not the encoder
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    ckpt.save(1, state2, force=True)
+    ckpt.wait()
+    restored = ckpt.restore(state2)
+    ckpt.close()
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(restored)[0]]
+    assert not [p for p in paths if "encoder" in p or "backbone" in p or "layer1" in p], paths[:5]
+    n_saved = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(restored))
+    assert n_saved == sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(state2))  # flow + Adam + template
+    ext_shapes = {np.shape(x) for x in jax.tree_util.tree_leaves(ext.variables) if np.size(x) > 64}
+    assert ext_shapes.isdisjoint(np.shape(x) for x in jax.tree_util.tree_leaves(restored))
+    # weights from a converted file are used when given, and change the extractor's fingerprint
     path = tmp_path / "r18.msgpack"
-    backbones.save_weights(path, "resnet18", enc)
+    backbones.save_weights(path, "resnet18", ext.variables)
     cfg.model.backbone.update(random_init=False, weights=str(path))
     m2 = pf.PyramidFlow(cfg)
-    assert str(path) in m2.notes[0]
+    assert str(path) in m2.extractor.note and m2.extractor.fingerprint == ext.fingerprint
+    scaled = jax.tree_util.tree_map(lambda a: a * 1.5, ext.variables)
+    backbones.save_weights(path, "resnet18", scaled)
+    assert pf.PyramidFlow(cfg).extractor.fingerprint != ext.fingerprint
+
+
+def test_paper_backbone_without_weights_names_the_convert_command():
+    from jaxflow_ad.backbones import WeightsError
+
+    cfg = pf_config.get_config("resnet18")
+    with pytest.raises(WeightsError, match="python -m third_party.convert --arch resnet18"):
+        pf.PyramidFlow(cfg)

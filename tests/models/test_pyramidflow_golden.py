@@ -9,6 +9,7 @@ import pytest
 
 from configs import pyramidflow as pf_config
 from jaxflow_ad.models import pyramidflow as pf
+from third_party.pyramidflow import from_official_state_dict, nchw_to_nhwc
 
 GOLDEN = "pyramidflow_fnf_L4_CVN_D2_s64.npz"
 
@@ -46,8 +47,8 @@ def _run(path, reversible, fast_down):
     method = _method(reversible, fast_down)
     net = method.net
     p_t, ms_t = net.init(jax.random.PRNGKey(0), (64, 64, 3))
-    params, ms = pf.from_official_state_dict(_sd(g, "sd/"), net, p_t, ms_t)
-    x = jnp.asarray(pf.nchw_to_nhwc(g["x_train"]))
+    params, ms = from_official_state_dict(_sd(g, "sd/"), net, p_t, ms_t)
+    x = jnp.asarray(nchw_to_nhwc(g["x_train"]))
     z, _, _ = jax.jit(lambda p, m, x: net.forward(p, m, x, train=True))(params, ms, x)
 
     def loss_fn(p):
@@ -55,13 +56,16 @@ def _run(path, reversible, fast_down):
         return pf.fourier_loss(zz), new_ms
 
     (loss, new_ms), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
-    updates, _ = method.tx.update(grads, method.tx.init(params), params)
-    import optax
-
-    params1 = optax.apply_updates(params, updates)
-    state1 = method.init(jax.random.PRNGKey(0), (64, 64, 3)).replace(params=params1, model_state=new_ms)
-    tmpl = method.fit_statistics(state1, [pf.denormalize(pf.nchw_to_nhwc(g["x_tmpl"]))])
-    amap, score = jax.jit(method.score)(tmpl, jnp.asarray(pf.denormalize(pf.nchw_to_nhwc(g["x_test"]))))
+    # the step itself through the method contract: the engine's one gradient step (models.base.gradient_step)
+    stage = method.stages[0]
+    example = {"image": np.zeros((1, 64, 64, 3), np.uint8)}
+    state0 = stage.init_opt(method.init(jax.random.PRNGKey(0), example).replace(params=params, model_state=ms), 1)
+    state1, metrics = jax.jit(stage.train_step(1))(state0, {"image": pf.denormalize(x)}, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(float(metrics["loss"]), float(loss), rtol=1e-5)
+    params1 = state1.params
+    tmpl = method.statistics_from(state1, [{"image": pf.denormalize(nchw_to_nhwc(g["x_tmpl"]))}])
+    test_batch = {"image": jnp.asarray(pf.denormalize(nchw_to_nhwc(g["x_test"])))}
+    amap, score = jax.jit(method.score)(tmpl, test_batch, jax.random.PRNGKey(0))
     return dict(
         g=g,
         net=net,
@@ -69,7 +73,7 @@ def _run(path, reversible, fast_down):
         loss=loss,
         grads=grads,
         params1=params1,
-        ms1=new_ms,
+        ms1=state1.model_state,
         tmpl=tmpl,
         amap=amap,
         score=score,
@@ -87,13 +91,13 @@ def run(request, golden, golden_dir):
 
 def test_train_mode_latents(run):
     for j in range(4):
-        np.testing.assert_allclose(run["z"][j], pf.nchw_to_nhwc(run["g"][f"z_train_l{j}"]), rtol=1e-4, atol=2e-5)
+        np.testing.assert_allclose(run["z"][j], nchw_to_nhwc(run["g"][f"z_train_l{j}"]), rtol=1e-4, atol=2e-5)
 
 
 def test_step0_loss_and_gradients(run):
     g = run["g"]
     np.testing.assert_allclose(float(run["loss"]), float(g["loss0"]), rtol=1e-5)
-    ref, _ = pf.from_official_state_dict(_sd(g, "grad/"), run["net"], run["params"], run["ms"])
+    ref, _ = from_official_state_dict(_sd(g, "grad/"), run["net"], run["params"], run["ms"])
     ours_flat = jax.tree_util.tree_leaves_with_path(run["grads"])
     ref_flat = dict(jax.tree_util.tree_leaves_with_path(ref))
     worst = max(_rel_err(v, ref_flat[k]) for k, v in ours_flat)
@@ -104,7 +108,7 @@ def test_step0_loss_and_gradients(run):
 
 def test_state_after_one_step(run):
     g = run["g"]
-    ref_p, ref_ms = pf.from_official_state_dict(_sd(g, "sd1/"), run["net"], run["params"], run["ms"])
+    ref_p, ref_ms = from_official_state_dict(_sd(g, "sd1/"), run["net"], run["params"], run["ms"])
     for (k, a), (_, b) in zip(
         jax.tree_util.tree_leaves_with_path(run["params1"]), jax.tree_util.tree_leaves_with_path(ref_p)
     ):
@@ -119,7 +123,7 @@ def test_eval_template_and_anomaly_map(run):
     g = run["g"]
     for j in range(4):
         np.testing.assert_allclose(
-            run["tmpl"].stats["template"][j], pf.nchw_to_nhwc(g[f"tmpl_l{j}"]), rtol=1e-4, atol=5e-5
+            run["tmpl"].stats["template"][j], nchw_to_nhwc(g[f"tmpl_l{j}"]), rtol=1e-4, atol=5e-5
         )
     np.testing.assert_allclose(run["amap"], g["amap"][:, 0], rtol=1e-4, atol=5e-5)
     np.testing.assert_allclose(run["score"], g["amap"].max(axis=(1, 2, 3)), rtol=1e-4)
@@ -134,7 +138,7 @@ def test_reversible_running_means_updated_once(golden, golden_dir):
     net_rev = _method(reversible=True).net
     key = jax.random.PRNGKey(3)
     params = jax.tree_util.tree_map(lambda a: a + 0.01 * jax.random.normal(key, a.shape), r["params"])
-    x = jnp.asarray(pf.nchw_to_nhwc(r["g"]["x_train"]))
+    x = jnp.asarray(nchw_to_nhwc(r["g"]["x_train"]))
 
     def step(net):
         def loss_fn(p):

@@ -1,0 +1,79 @@
+"""Dataset readers, chosen by the config key ``data.layout``.
+
+A layout is a way of storing a dataset on disk (MVTec AD's folders, MVTec
+3D-AD's rgb/xyz pairs, a plain folder of images, ...). Each one is read by a
+:class:`Reader`, which also says which sample keys it produces, so that the
+engine can ask for the modalities a method needs and augment every spatial one
+alike without knowing the layout.
+
+The registry is a plain dict: a new layout is added with
+``LAYOUTS["name"] = Reader(...)`` next to its reader module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+from . import mvtec
+from .mvtec import DatasetError, Split
+
+__all__ = ["LAYOUTS", "Reader", "get_reader"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reader:
+    """How to read one dataset layout.
+
+    Attributes:
+      name: the ``data.layout`` value that selects it.
+      modalities: the ``Split.samples`` keys every split it loads has;
+        always includes ``"image"``.
+      spatial: those of ``modalities`` that are H x W maps aligned with the
+        image, which augmentation must transform exactly like the image.
+      splits: the split names ``load_split`` accepts.
+      list_categories: ``(root) -> list[str]``, the categories under a root.
+      load_split: ``(root, category, split, image_size) -> Split``.
+    """
+
+    name: str
+    modalities: tuple[str, ...]
+    spatial: tuple[str, ...]
+    splits: tuple[str, ...]
+    list_categories: Callable[[str | os.PathLike], list[str]]
+    load_split: Callable[..., Split]
+
+    def __post_init__(self):
+        # A registration mistake should fail at import, not in the middle of a run.
+        if "image" not in self.modalities:
+            raise ValueError(f"Reader {self.name!r}: modalities {self.modalities} must include 'image'.")
+        extra = sorted(set(self.spatial) - set(self.modalities))
+        if extra:
+            raise ValueError(f"Reader {self.name!r}: spatial keys {extra} are not in modalities {self.modalities}.")
+        if not self.splits:
+            raise ValueError(f"Reader {self.name!r}: splits must not be empty.")
+
+
+LAYOUTS: dict[str, Reader] = {
+    "mvtec": Reader(
+        name="mvtec",
+        modalities=("image",),
+        spatial=("image",),
+        splits=mvtec.SPLITS,
+        list_categories=mvtec.list_categories,
+        load_split=mvtec.load_split,
+    ),
+}
+
+
+def get_reader(name: str) -> Reader:
+    """The reader registered as ``name`` (the value of ``data.layout``).
+
+    Raises:
+      DatasetError: ``name`` is not in :data:`LAYOUTS`.
+    """
+    reader = LAYOUTS.get(name) if isinstance(name, str) else None
+    if reader is None:
+        raise DatasetError(f"config key data.layout={name!r} is not a known layout; use one of {sorted(LAYOUTS)}.")
+    return reader
