@@ -71,20 +71,20 @@ def _row(
     batch = 2 if kind == "train" else 4
     x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
     images = jnp.asarray(np.transpose(x, (0, 2, 3, 1)))  # [0,1]; the model normalises
-    init = jax.jit(method.init, static_argnums=1)  # one compile, not hundreds of eager ops
-    state = init(jax.random.PRNGKey(0), (size, size, 3))
+    stage = method.stages[0]
+    example = {"image": jnp.zeros((1, size, size, 3), jnp.uint8)}
+    init = jax.jit(lambda k: stage.init_opt(method.init(k, example), 1))  # one compile, not many eager ops
+    state = init(jax.random.PRNGKey(0))
     jax.block_until_ready(state)
     del init
     jax.clear_caches()  # drop the init executable before measuring
     if kind == "train":
-        fn = jax.jit(method.train_step, donate_argnums=0)
+        fn = jax.jit(stage.train_step(1), donate_argnums=0)  # the engine's step (models.base.gradient_step)
         args = lambda s: (s, {"image": images}, jax.random.PRNGKey(0))
     else:
-        state = state.replace(
-            stats={"template": tuple(jnp.zeros((1, size // 2**i, size // 2**i, 16)) for i in range(4))}
-        )
+        state = state.replace(stats={"template": [jnp.zeros((1, size // 2**i, size // 2**i, 16)) for i in range(4)]})
         fn = jax.jit(method.score)
-        args = lambda s: (s, images)
+        args = lambda s: (s, {"image": images}, jax.random.PRNGKey(0))
     t0 = time.perf_counter()
     compiled = fn.lower(*args(state)).compile()
     compile_s = time.perf_counter() - t0

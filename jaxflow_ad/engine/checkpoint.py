@@ -43,6 +43,12 @@ class Checkpointer:
         """The state saved at ``step`` (default: the latest) in the structure of ``target``;
         its statistics as saved, or ``{}`` when none were."""
         step = self.latest_step() if step is None else step
+        if not (self.directory / str(step) / "state").is_dir():
+            raise ValueError(
+                f"checkpoint {self.directory / str(step)} has no 'state' item: it was written by a jaxflow_ad "
+                "from before the method contract (or by another program). Train into a new --workdir, or move "
+                f"{self.directory} away to start this one afresh."
+            )
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target.replace(stats={}))
         items = {"state": ocp.args.StandardRestore(abstract)}
         if self.has_stats(step):

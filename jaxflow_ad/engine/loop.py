@@ -1,20 +1,28 @@
 """The experiment: for each category, train (resumably), fit statistics, evaluate, report.
 
-``run(config, workdir, mode)`` is the whole command line. Layout of ``workdir``::
+``run(config, workdir, mode)`` is the whole command line. It talks to methods
+only through the contract of :mod:`jaxflow_ad.models.base` (samples, a frozen
+extractor, stages, statistics, ``score``) and to data only through the reader
+that ``data.layout`` names. Layout of ``workdir``::
 
     config.json                 the resolved config
     log.jsonl                   every logged scalar (JSON lines)
     tb/<category>/              TensorBoard event files
-    <category>/checkpoints/     orbax checkpoints (resume from the latest)
+    <category>/checkpoints/     orbax checkpoints: state and fitted statistics (resume from the latest)
+    <category>/features/        cached features of a frozen extractor, when larger than
+                                data.feature_cache_memory_mb (reused by a resumed run)
     <category>/metrics.json     that category's metrics, timings
     <category>/heatmaps/*.png   image | ground truth | anomaly map | overlay
     <category>/<artifact>.png   e.g. PyramidFlow's image template
     metrics.json, results.md    all categories and their mean
 
 Determinism: the data order of epoch ``e`` of stage ``k`` is a permutation
-drawn from ``np.random.default_rng([seed, k, e])`` and the augmentation of
-step ``s`` from ``default_rng([seed, k, s])``, so a run resumed from a
-checkpoint sees exactly the batches an uninterrupted run sees.
+drawn from ``np.random.default_rng([seed, k, e])``, the host-side batch
+preparation of global step ``s`` gets ``default_rng([seed, k, s])``, the
+step's JAX key is ``fold_in(PRNGKey(seed), s)`` and scoring batch ``j`` gets
+``fold_in(fold_in(PRNGKey(seed), 1), j)``, so a run resumed from a checkpoint
+(statistics included) sees exactly the batches and keys an uninterrupted run
+sees.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Affine coupling (RealNVP; PyramidFlow Eq. 3-5) and its subnet.
+"""Affine coupling (RealNVP; PyramidFlow Eq. 3-5) and its subnets.
+
+Every invertible layer has ``forward(x, cond=None, *, train=False) -> (y, logdet)``
+and ``inverse(y, cond=None, *, train=False) -> (x, logdet)``, logdet per sample.
 
 ``y1 = exp(s(x0)) * x1 + t(x0)``, inverse ``x1 = (y1 - t) * exp(-s)``,
 ``log|det| = sum s`` (Eq. 5). The log-scale goes through the official soft
@@ -8,6 +11,9 @@ coupling is the identity.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -90,26 +96,72 @@ def sum_per_sample(s: jax.Array) -> jax.Array:
     return jnp.sum(s.reshape(s.shape[0], -1), axis=1)
 
 
-class ChannelAffineCoupling(nn.Module):
-    """Channel-split affine coupling (Fig. 3(a)); ``flip`` swaps the roles of the halves.
+class ConvSubnet(nn.Module):
+    """The default coupling subnet: ``Conv(k) -> LeakyReLU(0.01) -> Conv(k, zero init)``, no bias.
 
-    A generic invertible layer, used for RealNVP-style chains and to test the
-    reversible backprop on something other than PyramidFlow.
+    Returns the raw ``2 * out_channels`` outputs (log-scale and shift); the
+    zero-initialised last conv makes a fresh coupling the identity.
+    """
+
+    out_channels: int
+    hidden: int = 16
+    ksize: int = 3
+    conv_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        h = Conv2D(self.hidden, self.ksize, kernel_init=torch_default_kernel_init, impl=self.conv_impl, name="conv0")(x)
+        h = nn.leaky_relu(h, 0.01)
+        return Conv2D(
+            self.out_channels, self.ksize, kernel_init=nn.initializers.zeros, impl=self.conv_impl, name="conv1"
+        )(h)
+
+
+def broadcast_condition(cond: jax.Array, like: jax.Array) -> jax.Array:
+    """A condition for NHWC maps: ``[B, D]`` vectors are repeated over H x W, ``[B, H, W, D]``
+    maps must have the maps' size."""
+    if cond.ndim == 2:
+        return jnp.broadcast_to(cond[:, None, None, :], like.shape[:3] + cond.shape[-1:])
+    if cond.ndim == 4 and cond.shape[:3] == like.shape[:3]:
+        return cond
+    raise ValueError(f"a coupling condition must be [B, D] or [B, H, W, D] matching {like.shape[:3]}, got {cond.shape}")
+
+
+class ChannelAffineCoupling(nn.Module):
+    """Channel-split affine coupling (Fig. 3(a)) with a pluggable subnet and an optional condition.
+
+    ``y_t = exp(s) * x_t + t`` with ``(s_raw, t) = subnet(concat[x_c, cond])``,
+    ``s = VN(soft_clamp(s_raw))``; ``flip`` swaps the roles of the halves. The
+    condition (a ``[B, D]`` vector or a ``[B, H, W, D]`` map: a positional
+    encoding, another modality's features) enters the subnet only, so the
+    inverse and the log-determinant are those of the unconditional coupling.
 
     Attributes:
       channels: channels of the input.
+      subnet: a factory ``out_channels -> flax module`` mapping ``[B, H, W, C_in]`` to
+        ``[B, H, W, out_channels]`` (called with ``train=``); its last layer should be
+        zero-initialised so that a fresh flow is the identity. ``None``:
+        :class:`ConvSubnet` with ``hidden`` and ``ksize``. CS-Flow's, AST's or MADFlow's
+        subnets plug in here.
+      clamp: soft-clamp constant of the log-scale.
+      volume_norm: ``"CVN"``, ``"SVN"`` or ``"none"``.
     """
 
     channels: int
+    subnet: Callable[[int], nn.Module] | None = None
     hidden: int = 16
     ksize: int = 3
+    clamp: float = 2.0
     volume_norm: str = "none"
     flip: bool = False
 
     def setup(self):
         half = self.channels // 2
         n_trans = half if self.flip else self.channels - half
-        self.affine = AffineParams(n_trans, self.hidden, self.ksize, volume_norm=self.volume_norm)
+        factory = self.subnet or functools.partial(ConvSubnet, hidden=self.hidden, ksize=self.ksize)
+        self.net = factory(2 * n_trans)
+        self.norm = VolumeNorm(self.volume_norm)
 
     def _split(self, x):
         half = self.channels // 2
@@ -119,12 +171,17 @@ class ChannelAffineCoupling(nn.Module):
     def _join(self, cond, trans):
         return jnp.concatenate([trans, cond] if self.flip else [cond, trans], axis=-1)
 
-    def forward(self, x, train: bool = False):
-        cond, x1 = self._split(x)
-        s, t = self.affine(cond, train, True)
-        return self._join(cond, affine_forward(x1, s, t)), sum_per_sample(s)
+    def _affine(self, x_c, cond, train, update_stats):
+        h = x_c if cond is None else jnp.concatenate([x_c, broadcast_condition(cond, x_c)], axis=-1)
+        s_raw, t = jnp.split(self.net(h, train=train), 2, axis=-1)
+        return self.norm(soft_clamp(s_raw, self.clamp), train, update_stats), t
 
-    def inverse(self, y, train: bool = False):
-        cond, y1 = self._split(y)
-        s, t = self.affine(cond, train, False)
-        return self._join(cond, affine_inverse(y1, s, t)), -sum_per_sample(s)
+    def forward(self, x, cond=None, *, train: bool = False):
+        x_c, x1 = self._split(x)
+        s, t = self._affine(x_c, cond, train, True)
+        return self._join(x_c, affine_forward(x1, s, t)), sum_per_sample(s)
+
+    def inverse(self, y, cond=None, *, train: bool = False):
+        y_c, y1 = self._split(y)
+        s, t = self._affine(y_c, cond, train, False)
+        return self._join(y_c, affine_inverse(y1, s, t)), -sum_per_sample(s)

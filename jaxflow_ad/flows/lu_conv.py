@@ -82,10 +82,10 @@ class InvConv1x1LU(nn.Module):
             return apply_1x1(x, weight), logdet
         return apply_1x1(x, plu_inverse_weight(*factors, volume_norm=self.volume_norm)), -logdet
 
-    def forward(self, x, train: bool = False):
-        del train  # no batch statistics
+    def forward(self, x, cond=None, *, train: bool = False):
+        del cond, train  # unconditional, no batch statistics: a condition passed down a chain is ignored
         return self(x, inverse=False)
 
-    def inverse(self, y, train: bool = False):
-        del train
+    def inverse(self, y, cond=None, *, train: bool = False):
+        del cond, train
         return self(y, inverse=True)

@@ -102,14 +102,21 @@ class PyramidCoupling(nn.Module):
             s, t = nearest_down2(s), nearest_down2(t)
         return s, t
 
-    def forward(self, levels, train: bool = False):
+    @staticmethod
+    def _no_condition(cond):
+        if cond is not None:
+            raise ValueError("PyramidCoupling takes no condition (its subnet is conditioned on the other levels)")
+
+    def forward(self, levels, cond=None, *, train: bool = False):
+        self._no_condition(cond)
         levels = tuple(levels)
         s, t = self._affine(levels, train, True)
         z, ld_lu = self.lu(affine_forward(levels[self.target], s, t))
         out = levels[: self.target] + (z,) + levels[self.target + 1 :]
         return out, sum_per_sample(s) + ld_lu
 
-    def inverse(self, levels, train: bool = False):
+    def inverse(self, levels, cond=None, *, train: bool = False):
+        self._no_condition(cond)
         levels = tuple(levels)
         y, ld_lu = self.lu(levels[self.target], inverse=True)
         # The conditioning levels are unchanged, so (s, t) are recomputed exactly.

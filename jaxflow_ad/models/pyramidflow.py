@@ -61,6 +61,7 @@ from jaxflow_ad.flows import pyramid as pyr
 from jaxflow_ad.flows.pyramid_coupling import PyramidCoupling, pyramid_schedule
 from jaxflow_ad.flows.reversible import chain_forward, chain_inverse
 from jaxflow_ad.models.base import Method, Stage, State, to_float
+from jaxflow_ad.models.statistics import StreamingMean
 from jaxflow_ad.nn.conv import resolve_impl
 from jaxflow_ad.spectral.fourier_loss import mean_abs_fft2
 
@@ -414,14 +415,10 @@ class PyramidFlow(Method):
         """Latent template: the mean evaluation-mode latent pyramid over the training images
         (a zero template for ablation II)."""
         del state
-        total, count = None, 0
+        mean = StreamingMean()
         for z in outputs:
-            s = [np.sum(l, axis=0, keepdims=True, dtype=np.float64) for l in z]
-            total = s if total is None else [a + b for a, b in zip(total, s)]
-            count += z[0].shape[0]
-        if not count:
-            raise ValueError("fit_statistics got no training images (is the train split empty?)")
-        template = [(t / count).astype(np.float32) for t in total]
+            mean.update(list(z))
+        template = mean.result()
         if self.config.model.template == "zero":
             template = [np.zeros_like(t) for t in template]
         return {"template": template}

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from jaxflow_ad.flows import pyramid as pyr
 from jaxflow_ad.flows.coupling import ChannelAffineCoupling, soft_clamp
@@ -103,9 +104,9 @@ def test_volume_norm_train_and_eval(mode):
     np.testing.assert_allclose(out2, out, rtol=1e-6)
 
 
-def _check_invertible(layer, variables, x, shapes=None, jac=True, train=False, atol=1e-5):
-    y, ld = layer.apply(variables, x, train=train, method=layer.forward)
-    xr, ld_inv = layer.apply(variables, y, train=train, method=layer.inverse)
+def _check_invertible(layer, variables, x, shapes=None, jac=True, train=False, atol=1e-5, cond=None):
+    y, ld = layer.apply(variables, x, cond, train=train, method=layer.forward)
+    xr, ld_inv = layer.apply(variables, y, cond, train=train, method=layer.inverse)
     for a, b in zip(jax.tree_util.tree_leaves(xr), jax.tree_util.tree_leaves(x)):
         np.testing.assert_allclose(a, b, atol=atol)
     np.testing.assert_allclose(ld, -ld_inv, rtol=1e-5, atol=1e-4)
@@ -115,7 +116,7 @@ def _check_invertible(layer, variables, x, shapes=None, jac=True, train=False, a
 
         def f(v):
             xs = jax.tree_util.tree_unflatten(treedef, list(_unflat(v, shapes)))
-            out, _ = layer.apply(variables, xs, train=train, method=layer.forward)
+            out, _ = layer.apply(variables, xs, cond, train=train, method=layer.forward)
             return _flat(jax.tree_util.tree_leaves(out))
 
         v0 = _flat(jax.tree_util.tree_leaves(x))
@@ -155,6 +156,46 @@ def test_fresh_coupling_is_identity():
     y, ld = layer.apply(v, x, method=layer.forward)
     np.testing.assert_array_equal(y, x)
     np.testing.assert_array_equal(ld, 0.0)
+
+
+class MLPSubnet(nn.Module):
+    """A subnet of another family (per-pixel MLP), to prove the coupling takes any factory."""
+
+    out_channels: int
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        h = nn.gelu(nn.Dense(6)(x))
+        return nn.Dense(self.out_channels, kernel_init=nn.initializers.zeros)(h)
+
+
+@pytest.mark.parametrize("cond_kind", ["vector", "map"])
+@pytest.mark.parametrize("subnet", ["conv", "mlp"])
+def test_conditional_coupling_with_a_subnet_factory(cond_kind, subnet):
+    x = jax.random.normal(jax.random.PRNGKey(3), (1, 3, 3, 4))
+    shape = (1, 3) if cond_kind == "vector" else (1, 3, 3, 2)
+    cond = jax.random.normal(jax.random.PRNGKey(4), shape)
+    factory = None if subnet == "conv" else MLPSubnet
+    layer = ChannelAffineCoupling(channels=4, subnet=factory, hidden=4, volume_norm="CVN")
+    v = layer.init(jax.random.PRNGKey(0), x, cond, method=layer.forward)
+    y0, ld0 = layer.apply(v, x, cond, method=layer.forward)
+    np.testing.assert_array_equal(y0, x)  # zero-initialised last layer: the identity
+    np.testing.assert_array_equal(ld0, 0.0)
+    v = _perturb_params(v, jax.random.PRNGKey(6))
+    y, _ = _check_invertible(layer, v, x, cond=cond)
+    y2, _ = layer.apply(v, x, cond + 1.0, method=layer.forward)
+    assert float(jnp.abs(y2 - y).max()) > 1e-3  # the condition reaches the subnet
+    np.testing.assert_array_equal(y2[..., :2], x[..., :2])  # and only the transformed half moves
+    with pytest.raises(ValueError, match="condition"):
+        layer.apply(v, x, jnp.zeros((1, 2, 2, 2)), method=layer.forward)
+
+
+def test_pyramid_coupling_rejects_a_condition():
+    x = _levels(jax.random.PRNGKey(4), 1, 4, 2, 2)
+    layer = PyramidCoupling("up", 0, channels=2, ksize=3)
+    v = layer.init(jax.random.PRNGKey(0), x, method=layer.forward)
+    with pytest.raises(ValueError, match="no condition"):
+        layer.apply(v, x, jnp.zeros((1, 3)), method=layer.forward)
 
 
 def _levels(key, batch, size, levels, c):
@@ -270,3 +311,34 @@ def test_reversible_period_must_divide_a_repeating_chain():
     for bad in (3, 4):
         with pytest.raises(ValueError, match="repetition"):
             chain_forward(layers, variables, x, train=True, reversible=True, period=bad)
+
+
+@pytest.mark.parametrize("period", [None, 2])
+def test_reversible_chain_passes_the_condition_and_its_gradient(period):
+    """A conditional chain: reversible gradients for the parameters and the condition equal autodiff."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 4))
+    cond = jax.random.normal(jax.random.PRNGKey(1), (2, 3))
+    layers = _coupling_chain(4)
+    variables = [
+        _perturb_params(l.init(jax.random.PRNGKey(i), x, cond, method=l.forward), jax.random.PRNGKey(20 + i), 0.05)
+        for i, l in enumerate(layers)
+    ]
+    y, ld, _ = chain_forward(layers, variables, x, cond)
+    xr, ld_inv = chain_inverse(layers, variables, y, cond)
+    np.testing.assert_allclose(xr, x, atol=1e-5)
+    np.testing.assert_allclose(ld, -ld_inv, rtol=1e-5, atol=1e-4)
+    y_other, _, _ = chain_forward(layers, variables, x, cond * 2.0)
+    assert float(jnp.abs(y_other - y).max()) > 1e-3
+
+    def loss(params, c, rev):
+        vs = [dict(v, params=p) for v, p in zip(variables, params)]
+        y, ld, _ = chain_forward(layers, vs, x, c, train=True, reversible=rev, period=period if rev else None)
+        return jnp.mean(y**2) - 1e-3 * jnp.mean(ld)
+
+    params = [v["params"] for v in variables]
+    g0 = jax.grad(functools.partial(loss, rev=False), argnums=(0, 1))(params, cond)
+    g1 = jax.grad(functools.partial(loss, rev=True), argnums=(0, 1))(params, cond)
+    assert float(jnp.abs(g0[1]).max()) > 1e-4
+    np.testing.assert_allclose(g1[1], g0[1], rtol=1e-4, atol=1e-7)
+    for a, b in zip(jax.tree_util.tree_leaves(g0[0]), jax.tree_util.tree_leaves(g1[0])):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
