@@ -171,6 +171,7 @@ def train_category(
             state = parallel.to_replicated(mesh, stage.init_opt(state, spe))
         step_fn = parallel.jit_train_step(mesh, stage.train_step(spe))
         refresh = int(stage.refresh_statistics_every) * spe
+        schedule = stage.learning_rate(spe) if stage.learning_rate is not None else None
         bar = tqdm(
             total=e - b,
             initial=start - b,
@@ -200,6 +201,8 @@ def train_category(
                 state = fit_statistics(method, state, train, mesh, eval_bs, stats_fn)
                 writer.write(step + 1, {f"train/{stage.name}/statistics_refit": 1.0})
             if (step + 1) % config.train.log_every_steps == 0 or last:
+                if schedule is not None:
+                    m["lr"] = float(schedule(step - b))  # the rate of this step's update (optax count)
                 writer.write(step + 1, {f"train/{stage.name}/{name}": v for name, v in m.items()})
             if (step + 1) % config.train.checkpoint_every_steps == 0 or last:
                 ckpt.save(step + 1, state, force=True)

@@ -119,8 +119,7 @@ class Stage:
         ``state`` gives the model state, statistics and step; ``batch`` is what
         :attr:`prepare_batch` returned, sharded over the mesh.
       optimizer: ``steps_per_epoch -> optax transform`` (schedules need the epoch length; the
-        engine knows it, the config does not). Wrap it in ``optax.inject_hyperparams`` to have
-        its learning rate logged.
+        engine knows it, the config does not).
       trainable: path prefixes of the parameters this stage trains (``None``: all). The others
         stay bit-identical and get no optimizer state.
       prepare_batch: host-side NumPy ``(batch, np_rng) -> batch`` (augmentation of every
@@ -128,6 +127,8 @@ class Stage:
       batch_size: this stage's global batch (``None``: ``config.train.batch_size``).
       refresh_statistics_every: refit the method's statistics every this many epochs of the
         stage (0: only after the last stage).
+      learning_rate: optionally ``steps_per_epoch -> schedule`` of the optimizer's count; the
+        engine logs it on the host as ``train/<name>/lr`` (the compiled step is untouched).
     """
 
     name: str
@@ -138,6 +139,7 @@ class Stage:
     prepare_batch: Callable[[dict, np.random.Generator], dict] = host_to_float
     batch_size: int | None = None
     refresh_statistics_every: int = 0
+    learning_rate: Callable[[int], optax.Schedule] | None = None
 
     def tx(self, params: PyTree, steps_per_epoch: int) -> optax.GradientTransformation:
         """The optimizer restricted to the trainable parameters."""
@@ -154,19 +156,6 @@ class Stage:
             return gradient_step(self, self.tx(state.params, steps_per_epoch), state, batch, rng)
 
         return step
-
-
-def _learning_rate(opt_state) -> jax.Array | None:
-    """The learning rate an ``optax.inject_hyperparams`` optimizer used in this step, if any."""
-    hp = getattr(opt_state, "hyperparams", None)
-    if isinstance(hp, dict) and "learning_rate" in hp:
-        return hp["learning_rate"]
-    if isinstance(opt_state, (tuple, list)):
-        for s in opt_state:
-            lr = _learning_rate(s)
-            if lr is not None:
-                return lr
-    return None
 
 
 def gradient_step(stage: Stage, tx: optax.GradientTransformation, state: State, batch: Batch, rng: jax.Array):
@@ -187,9 +176,6 @@ def gradient_step(stage: Stage, tx: optax.GradientTransformation, state: State, 
     new = optax.apply_updates(state.params, updates)
     params = jax.tree_util.tree_map(lambda m, n, p: n if m else p, mask, new, state.params)
     metrics = {"loss": value, **metrics, "grad_norm": optax.global_norm(grads)}
-    lr = _learning_rate(opt_state)
-    if lr is not None:
-        metrics["lr"] = lr
     new_state = state.replace(step=state.step + 1, params=params, model_state=new_ms, opt_state=opt_state)
     return new_state, metrics
 

@@ -151,18 +151,28 @@ class FAIR(Method):
         rng_range = float(t.get("ssim_data_range", 0.0) or 0.0)
         self.ssim_data_range = rng_range if rng_range > 0 else None
         self.stages = (
-            Stage("restoration", int(t.epochs), self.loss, self.optimizer, prepare_batch=self.prepare_batch),
+            Stage(
+                "restoration",
+                int(t.epochs),
+                self.loss,
+                self.optimizer,
+                prepare_batch=self.prepare_batch,
+                learning_rate=self.learning_rate,
+            ),
         )
         self._init = jax.jit(lambda rng, x: self.net.init(rng, x, train=False))
 
-    def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
-        """Adam with the exact per-step MultiStep schedule (its learning rate is logged)."""
+    def learning_rate(self, steps_per_epoch: int) -> optax.Schedule:
+        """The exact per-step MultiStep schedule (logged by the engine as ``train/restoration/lr``)."""
         t = self.config.train
         opt = t.optimizer
-        schedule = multistep_schedule(
+        return multistep_schedule(
             float(opt.lr), int(t.epochs), steps_per_epoch, tuple(opt.milestones), float(opt.gamma)
         )
-        return optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
+
+    def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
+        """Adam (no weight decay) on the MultiStep schedule."""
+        return optax.adam(self.learning_rate(steps_per_epoch))
 
     # -------------------------------------------------------------- pieces
     def extract(self, images: jax.Array) -> jax.Array:

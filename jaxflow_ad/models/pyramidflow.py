@@ -365,7 +365,7 @@ class PyramidFlow(Method):
                 int(config.train.epochs),
                 self.loss,
                 lambda spe: make_optimizer(config.train.optimizer),
-                prepare_batch=self.augment,
+                prepare_batch=self.prepare_batch,
             ),
         )
 
@@ -377,6 +377,15 @@ class PyramidFlow(Method):
             config.model.levels = s["levels"]
             config.model.volume_norm = s["volume_norm"]
         return super().configure(config, category)
+
+    def prepare_batch(self, batch: dict, rng: np.random.Generator) -> dict:
+        """Host side: ``data.augment`` (flips/rot90 of textures), then the images to float32 in
+        [0, 1] on the host, as the reader stored them before the contract: training then sees
+        the same inputs bit for bit (on the device XLA may fuse the conversion into the
+        normalisation, and a flow trained for many steps amplifies 1-ulp differences)."""
+        batch = self.augment(batch, rng)
+        batch["image"] = to_float(batch["image"])
+        return batch
 
     def inputs(self, batch) -> jax.Array:
         """The flow's input: ImageNet-normalised images (FNF) or the extractor's features."""
