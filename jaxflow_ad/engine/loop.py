@@ -246,6 +246,9 @@ def evaluate_category(method, config, state, test: data_lib.Split, mesh) -> tupl
         test.labels, scores, test.masks, maps, fpr_limit=config.eval.fpr_limit, resolution=res
     )
     result["images_per_s"] = images_per_s
+    result["per_defect"] = metrics_lib.evaluate_by_defect(
+        test.labels, scores, test.masks, maps, test.defect_types, fpr_limit=config.eval.fpr_limit, resolution=res
+    )
     return result, maps, scores
 
 
@@ -298,7 +301,7 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
         test = cache.attach(method.extractor, reader.load_split(root, category, "test", size))
         result, maps, _ = evaluate_category(method, cfg, state, test, mesh)
         result["train_time_s"] = train_time
-        writer.write(int(jax.device_get(state.step)), {f"eval/{k}": v for k, v in result.items()})
+        writer.write(int(jax.device_get(state.step)), report.flat_scalars(result, "eval"))
         if _is_main():
             report.write_heatmaps(
                 cat_dir / "heatmaps",
@@ -340,7 +343,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mode: st
     for category in categories:
         results[category] = run_category(config, workdir, root, category, mode)
         if _is_main():
-            log.info("%s: %s", category, json.dumps({k: round(v, 4) for k, v in results[category].items()}))
+            log.info("%s: %s", category, json.dumps(report.rounded(results[category])))
     if _is_main() and mode != "train":
         table = report.write_summary(workdir, results, config.to_json_best_effort())
         print("\n" + table, flush=True)

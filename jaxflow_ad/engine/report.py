@@ -98,6 +98,43 @@ def save_image(path: pathlib.Path, image: np.ndarray) -> None:
     Image.fromarray(_to_uint8(image)).save(path)
 
 
+DEFECT_COLUMNS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO"))
+
+
+def flat_scalars(result: Mapping, prefix: str) -> dict[str, float]:
+    """``{"a": 1, "per_defect": {"scratch": {"aupro": .9}}}`` -> ``{"<prefix>/a": 1,
+    "<prefix>/per_defect/scratch/aupro": .9}`` (what a scalar writer takes)."""
+    out = {}
+    for k, v in result.items():
+        if isinstance(v, Mapping):
+            out.update(flat_scalars(v, f"{prefix}/{k}"))
+        elif isinstance(v, (int, float)):
+            out[f"{prefix}/{k}"] = float(v)
+    return out
+
+
+def rounded(result: Mapping, digits: int = 4) -> dict:
+    """The numbers of a category's result, rounded, nested dicts kept (for the log line)."""
+    return {
+        k: rounded(v, digits) if isinstance(v, Mapping) else round(float(v), digits)
+        for k, v in result.items()
+        if isinstance(v, (Mapping, int, float))
+    }
+
+
+def defect_table(results: Mapping[str, Mapping]) -> str:
+    """Markdown table of the per-defect-kind metrics (each kind against the good images)."""
+    rows = [
+        "| category | defect kind | images | " + " | ".join(c for _, c in DEFECT_COLUMNS) + " |",
+        "|" + "---|" * (len(DEFECT_COLUMNS) + 3),
+    ]
+    for cat, r in results.items():
+        for kind, m in r.get("per_defect", {}).items():
+            cells = " | ".join(f"{100 * m[k]:.1f}" for k, _ in DEFECT_COLUMNS)
+            rows.append(f"| {cat} | {kind} | {int(m.get('count', 0))} | {cells} |")
+    return "\n".join(rows) + "\n"
+
+
 def mean_row(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     keys = sorted({k for r in results.values() for k, v in r.items() if isinstance(v, (int, float))})
     return {k: float(np.mean([r[k] for r in results.values() if k in r])) for k in keys}
@@ -125,5 +162,8 @@ def write_summary(workdir: pathlib.Path, results: Mapping[str, Mapping[str, floa
     table = results_table(results)
     payload = {"categories": dict(results), "mean": mean_row(results), "config": json.loads(config_json)}
     (workdir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
-    (workdir / "results.md").write_text("AUROC/AUPRO/AP/F1 in %.\n\n" + table)
+    text = "AUROC/AUPRO/AP/F1 in %.\n\n" + table
+    if any(r.get("per_defect") for r in results.values()):
+        text += "\nPer defect kind (its images against the good ones):\n\n" + defect_table(results)
+    (workdir / "results.md").write_text(text)
     return table

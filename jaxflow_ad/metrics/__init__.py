@@ -23,7 +23,7 @@ from jaxflow_ad.metrics.classification import (
     pixel_auroc,
     pixel_f1_max,
 )
-from jaxflow_ad.metrics.evaluate import METRIC_KEYS, evaluate
+from jaxflow_ad.metrics.evaluate import DEFECT_KEYS, METRIC_KEYS, evaluate, evaluate_by_defect
 from jaxflow_ad.metrics.resize import resize_maps, resize_masks
 
 __all__ = [
@@ -33,6 +33,8 @@ __all__ = [
     "aupro",
     "average_precision",
     "evaluate",
+    "evaluate_by_defect",
+    "DEFECT_KEYS",
     "f1_max",
     "image_ap",
     "image_auroc",

@@ -80,3 +80,43 @@ def evaluate(labels, image_scores, masks, maps, *, fpr_limit: float = 0.3, resol
     out["pixel_f1_max"] = res["f1_max"]
     out["aupro"] = res["pro_area"] / lim
     return {k: float(out[k]) for k in METRIC_KEYS}
+
+
+DEFECT_KEYS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+def evaluate_by_defect(
+    labels, image_scores, masks, maps, defect_types, *, fpr_limit: float = 0.3, resolution="native", good: str = "good"
+) -> dict[str, dict[str, float]]:
+    """Image AUROC, pixel AUROC and AUPRO per defect kind: each kind's images against the good ones.
+
+    A mean over the whole test set hides a kind the model misses (thin scratches among
+    large stains): this is the breakdown papers report per defect type. For kind ``k``
+    the subset is every image of kind ``k`` plus every ``good`` image; the metrics are
+    those of :func:`evaluate` on that subset (the same pixel resolution rule).
+
+    Args:
+      defect_types: [N] the kind of each test image (``good`` for normal ones).
+
+    Returns:
+      ``{kind: {"image_auroc", "pixel_auroc", "aupro", "count"}}`` for every kind but ``good``.
+
+    Raises:
+      ValueError: as :func:`evaluate`; also when there are no good images or the lengths differ.
+    """
+    kinds = [str(k) for k in defect_types]
+    masks, maps = image_list(masks, "masks"), image_list(maps, "maps")
+    y, s = check_image_inputs(labels, image_scores, "evaluate_by_defect")
+    if len(kinds) != len(y):
+        raise ValueError(f"evaluate_by_defect: {len(kinds)} defect types for {len(y)} images")
+    normal = [i for i, k in enumerate(kinds) if k == good]
+    if not normal:
+        raise ValueError(f"evaluate_by_defect: no '{good}' images to compare each defect kind against")
+    out = {}
+    for kind in sorted(set(kinds) - {good}):
+        idx = normal + [i for i, k in enumerate(kinds) if k == kind]
+        r = evaluate(
+            y[idx], s[idx], [masks[i] for i in idx], [maps[i] for i in idx], fpr_limit=fpr_limit, resolution=resolution
+        )
+        out[kind] = {k: r[k] for k in DEFECT_KEYS} | {"count": float(len(idx) - len(normal))}
+    return out

@@ -35,11 +35,14 @@ def test_smoke_end_to_end(tmp_path):
     assert summary["mean"]["pixel_auroc"] >= 0.80, summary["mean"]
     for cat in cats:
         assert cats[cat]["train_time_s"] > 0 and cats[cat]["images_per_s"] > 0
+        per_defect = json.loads((run / cat / "metrics.json").read_text())["per_defect"]
+        assert len(per_defect) >= 3 and all(0 <= m["pixel_auroc"] <= 1 for m in per_defect.values())
         heat = list((run / cat / "heatmaps").glob("*.png"))
         kinds = {p.name.rsplit("_", 1)[0] for p in heat}
         assert "good" in kinds and len(kinds) >= 4, kinds  # good + every defect kind
         assert (run / cat / "image_template.png").exists()
     assert "| **mean** |" in (run / "results.md").read_text()
+    assert "Per defect kind" in (run / "results.md").read_text()
     assert "| **mean** |" in proc.stdout  # the table is printed at the end
     assert list((run / "tb").rglob("events.out.tfevents.*"))
 

@@ -275,3 +275,30 @@ def test_single_sort_sweep_matches_sklearn_for_any_chunking(monkeypatch, chunk, 
     labels = np.array([0, 1, 1, 1])
     got = M.evaluate(labels, maps.reshape(4, -1).max(1), masks, maps)
     assert got["aupro"] == pytest.approx(res["pro_area"] / 0.3, abs=1e-12)
+
+
+def test_evaluate_by_defect_is_each_kind_against_the_good_images():
+    evaluate, evaluate_by_defect = M.evaluate, M.evaluate_by_defect
+    rng = np.random.default_rng(0)
+    n, h = 9, 8
+    kinds = ["good"] * 3 + ["stain"] * 3 + ["scratch"] * 3
+    labels = np.array([k != "good" for k in kinds], np.int32)
+    masks = np.zeros((n, h, h), bool)
+    masks[3:6, 2:6, 2:6] = True  # stains: large
+    masks[6:, :, 4] = True  # scratches: one column
+    maps = rng.random((n, h, h)).astype(np.float32)
+    maps[3:6] += 2.0 * masks[3:6]  # stains found
+    maps[6:] += 0.05 * masks[6:]  # scratches barely
+    scores = maps.reshape(n, -1).max(1)
+    out = evaluate_by_defect(labels, scores, masks, maps, kinds)
+    assert set(out) == {"stain", "scratch"} and out["stain"]["count"] == 3
+    assert out["stain"]["pixel_auroc"] == 1.0 and out["scratch"]["pixel_auroc"] < 0.8
+    for kind, rows in (("stain", [0, 1, 2, 3, 4, 5]), ("scratch", [0, 1, 2, 6, 7, 8])):
+        ref = evaluate(labels[rows], scores[rows], masks[rows], maps[rows])
+        for k in ("image_auroc", "pixel_auroc", "aupro"):
+            assert out[kind][k] == ref[k]
+        np.testing.assert_allclose(
+            out[kind]["pixel_auroc"], roc_auc_score(masks[rows].ravel(), maps[rows].ravel()), rtol=1e-12
+        )
+    with pytest.raises(ValueError, match="no 'good' images"):
+        evaluate_by_defect(labels[3:], scores[3:], masks[3:], maps[3:], kinds[3:])
