@@ -11,6 +11,7 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     c.data = ml_collections.ConfigDict()
     c.data.root = ""  # "" = the built-in synthetic dataset
     c.data.layout = "mvtec"  # the reader (jaxflow_ad.data.LAYOUTS)
+    c.data.resize = "pil_bilinear"  # pil_bilinear | cv2_linear: as the method's official loader (data/resize.py)
     c.data.categories = ""  # comma-separated; "" = every category under root
     c.data.image_size = 256
     c.data.augment = augment  # auto (flips + rot90 for textures), none, flip_rot90

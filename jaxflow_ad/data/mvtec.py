@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .resize import check_resize, resize_image
+
 __all__ = [
     "DatasetError",
     "IMAGE_EXTENSIONS",
@@ -534,14 +536,12 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return a > 0
 
 
-def _load_one(rec: Record, image_size: int | None):
+def _load_one(rec: Record, image_size: int | None, resize: str = "pil_bilinear"):
     """(uint8 image, bool mask, [(size, mtime_ns) of the image, and of the mask if any])."""
     stats = [stat_file(rec.image_path)]
     im = read_image(rec.image_path)
     native = (im.height, im.width)
-    if image_size is not None and native != (image_size, image_size):
-        im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    arr = np.asarray(im, dtype=np.uint8)
+    arr = np.asarray(im, dtype=np.uint8) if image_size is None else resize_image(im, image_size, resize)
     if rec.mask_path is None:
         mask = np.zeros(native, dtype=bool)
     else:
@@ -557,7 +557,13 @@ def _load_one(rec: Record, image_size: int | None):
 
 
 def load_split(
-    root: str | os.PathLike, category: str, split: str, image_size: int | None = 256, *, num_workers: int | None = None
+    root: str | os.PathLike,
+    category: str,
+    split: str,
+    image_size: int | None = 256,
+    *,
+    resize: str = "pil_bilinear",
+    num_workers: int | None = None,
 ) -> Split:
     """Read one split of one category into memory.
 
@@ -565,9 +571,11 @@ def load_split(
       root: folder holding one sub-folder per category.
       category: e.g. "bottle" or a built-in category.
       split: "train" or "test".
-      image_size: side S of the square output images (PIL bilinear, aspect
-        not preserved); None keeps the native size, which must then be the
-        same for all images.
+      image_size: side S of the square output images (aspect not preserved);
+        None keeps the native size, which must then be the same for all images.
+      resize: how images are resized (:mod:`jaxflow_ad.data.resize`):
+        ``pil_bilinear`` (antialiased; PyramidFlow's official loader) or
+        ``cv2_linear`` (OpenCV INTER_LINEAR; FAIR's official loader).
       num_workers: threads decoding images (default: min(8, CPUs)); PIL
         releases the GIL while decoding and resizing.
 
@@ -581,13 +589,14 @@ def load_split(
     """
     if image_size is not None and (not isinstance(image_size, (int, np.integer)) or image_size < 1):
         raise DatasetError(f"image_size must be a positive int or None, got {image_size!r}.")
+    check_resize(resize)
     records = scan_split(root, category, split)
     workers = num_workers or min(8, os.cpu_count() or 1)
     if workers > 1 and len(records) > 1:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            loaded = list(pool.map(lambda r: _load_one(r, image_size), records))
+            loaded = list(pool.map(lambda r: _load_one(r, image_size, resize), records))
     else:
-        loaded = [_load_one(r, image_size) for r in records]
+        loaded = [_load_one(r, image_size, resize) for r in records]
     if image_size is None:
         first = loaded[0][0].shape
         for rec, (a, _, _) in zip(records, loaded):

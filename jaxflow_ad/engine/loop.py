@@ -277,7 +277,7 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
     cache = FeatureCache(
         cat_dir / "features", mesh, int(cfg.eval.batch_size), int(cfg.data.feature_cache_memory_mb) * 2**20
     )
-    train = reader.load_split(root, category, "train", size)
+    train = reader.load_split(root, category, "train", size, resize=cfg.data.resize)
     rng = jax.random.PRNGKey(cfg.seed)
     state = parallel.to_replicated(mesh, method.init(rng, example_batch(method, train)))
     ckpt = Checkpointer(cat_dir / "checkpoints")
@@ -298,7 +298,7 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
             train_time = json.loads(t.read_text())["seconds"] if t.exists() else float("nan")
         if mode == "train":
             return {"train_time_s": train_time}
-        test = cache.attach(method.extractor, reader.load_split(root, category, "test", size))
+        test = cache.attach(method.extractor, reader.load_split(root, category, "test", size, resize=cfg.data.resize))
         result, maps, _ = evaluate_category(method, cfg, state, test, mesh)
         result["train_time_s"] = train_time
         writer.write(int(jax.device_get(state.step)), report.flat_scalars(result, "eval"))

@@ -84,7 +84,7 @@ data.LAYOUTS["toy_xyz"] = data.Reader(
     spatial=("image", "xyz"),
     splits=("train", "test"),
     list_categories=lambda root: ["toy"],
-    load_split=lambda root, category, split, image_size: _split(category, split),
+    load_split=lambda root, category, split, image_size, **options: _split(category, split),
 )
 models.REGISTRY["toy_two_stage"] = "tests.engine.toy_method:ToyTwoStage"
 
