@@ -28,5 +28,6 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     c.eval.batch_size = eval_batch_size
     c.eval.fpr_limit = 0.3  # AUPRO integrated to this FPR, divided by it
     c.eval.resolution = "native"  # native (each mask's size) or an int
+    c.eval.mask_resize = "nearest"  # with an int resolution: nearest | bilinear_round | cv2_exact
     c.eval.num_heatmaps = 2  # figures per defect kind
     return c

@@ -69,6 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # data.augment none: FAIR's own augmentation is the anomaly synthesis
     c = base_config("fair", augment="none", eval_batch_size=8)
     c.data.resize = "cv2_linear"  # FAIR's official loader: cv2.resize(INTER_LINEAR), no antialiasing
+    c.eval.mask_resize = "cv2_exact"  # FAIR's evaluation at an int resolution: a pixel stays anomalous only at 255
     c.data.texture_root = ""  # DTD root; "" = textures from the training images (noDTD)
 
     c.model.base_width = 128  # c: 128 (paper), 64, 32

@@ -42,6 +42,7 @@ from configs.common import base_config
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base_config("pyramidflow", augment="auto", eval_batch_size=4)
     c.data.per_category = True  # use CATEGORY_SETTINGS (levels, VN) where known
+    c.eval.mask_resize = "bilinear_round"  # the official evaluation's mask resizing, at an int resolution
 
     c.model.encoder = "none"  # none (FNF) | resnet18 | resnet34 (frozen stem + layer1, C forced to 64)
     c.model.backbone = ml_collections.ConfigDict(
@@ -72,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.optimizer = ml_collections.ConfigDict(
         dict(lr=2e-4, b1=0.5, b2=0.9, eps=1e-4, weight_decay=1e-5, clip_norm=1.0)
     )
+    c.train.param_ema = 0.0  # > 0: score with a moving average of the flow's weights (Polyak), e.g. 0.95
     c.train.checkpoint_every_steps = 200
     c.train.log_every_steps = 10
 

@@ -242,12 +242,11 @@ def evaluate_category(method, config, state, test: data_lib.Split, mesh) -> tupl
     maps, scores, images_per_s = score_split(method, config, state, test, mesh)
     res = config.eval.resolution
     res = res if res == "native" else int(res)
-    result = metrics_lib.evaluate(
-        test.labels, scores, test.masks, maps, fpr_limit=config.eval.fpr_limit, resolution=res
-    )
+    protocol = {"fpr_limit": config.eval.fpr_limit, "resolution": res, "mask_resize": config.eval.mask_resize}
+    result = metrics_lib.evaluate(test.labels, scores, test.masks, maps, **protocol)
     result["images_per_s"] = images_per_s
     result["per_defect"] = metrics_lib.evaluate_by_defect(
-        test.labels, scores, test.masks, maps, test.defect_types, fpr_limit=config.eval.fpr_limit, resolution=res
+        test.labels, scores, test.masks, maps, test.defect_types, **protocol
     )
     return result, maps, scores
 

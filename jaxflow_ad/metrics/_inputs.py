@@ -192,7 +192,39 @@ def target_shapes(masks: list[np.ndarray], maps: list[np.ndarray], resolution, f
     return [(r, r)] * len(masks)
 
 
-def gather_pixels(masks, maps, *, resolution=None, with_regions: bool = False, func: str = "metric") -> PixelData:
+MASK_RESIZE = ("nearest", "bilinear_round", "cv2_exact")
+
+
+def resize_mask(mask: np.ndarray, shape, how: str = "nearest") -> np.ndarray:
+    """A bool mask resized to ``shape`` as an evaluation protocol does it.
+
+    * ``nearest``: nearest neighbour at half-pixel centres (anomalib's rule).
+    * ``bilinear_round``: the 0/1 mask resized with PIL's bilinear filter and rounded (>= 0.5):
+      PyramidFlow's official loader (``Resize`` then ``round()``).
+    * ``cv2_exact``: the 0/255 mask resized with OpenCV's bilinear interpolation, then
+      ``/ 255`` cast to uint8, so a pixel counts only where it stays exactly 255: FAIR's
+      official evaluation (soft edge pixels become normal).
+    """
+    mask = np.asarray(mask, bool)
+    if mask.shape == tuple(shape):
+        return mask
+    if how == "nearest":
+        return nearest_resize(mask, shape)
+    if how == "bilinear_round":
+        from PIL import Image
+
+        f = Image.fromarray(mask.astype(np.float32), mode="F").resize((int(shape[1]), int(shape[0])), Image.BILINEAR)
+        return np.asarray(f) >= 0.5
+    if how == "cv2_exact":
+        from jaxflow_ad.data.resize import cv2_linear_resize
+
+        return cv2_linear_resize(mask.astype(np.uint8) * 255, tuple(shape)) == 255
+    raise ValueError(f"mask_resize={how!r} (config key eval.mask_resize): use one of {MASK_RESIZE}")
+
+
+def gather_pixels(
+    masks, maps, *, resolution=None, with_regions: bool = False, func: str = "metric", mask_resize: str = "nearest"
+) -> PixelData:
     """Validates, resizes and flattens masks and maps into one `PixelData` in a single pass.
 
     Memory: the output holds P bools, P scores (float32 unless a map is float64 or a wide
@@ -221,7 +253,7 @@ def gather_pixels(masks, maps, *, resolution=None, with_regions: bool = False, f
     for m, a, shape, k in zip(masks, maps, shapes, sizes):
         mb = m if m.dtype == bool else m > 0
         if mb.shape != tuple(shape):
-            mb = nearest_resize(mb, shape)
+            mb = resize_mask(mb, shape, mask_resize)
         if a.shape != tuple(shape):
             a = bilinear_resize(a, shape)
         sl = slice(offset, offset + k)

@@ -16,7 +16,9 @@ from jaxflow_ad.metrics.classification import image_ap, image_auroc, image_f1_ma
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max", "pixel_f1_max")
 
 
-def evaluate(labels, image_scores, masks, maps, *, fpr_limit: float = 0.3, resolution="native") -> dict[str, float]:
+def evaluate(
+    labels, image_scores, masks, maps, *, fpr_limit: float = 0.3, resolution="native", mask_resize: str = "nearest"
+) -> dict[str, float]:
     """Image AUROC/AP/F1-max and pixel AUROC/AP/F1-max/AUPRO of one test set.
 
     Args:
@@ -34,6 +36,9 @@ def evaluate(labels, image_scores, masks, maps, *, fpr_limit: float = 0.3, resol
         SxS by nearest neighbour (`resize_masks`, not bilinear + threshold) and maps
         bilinearly to SxS. Downsampling masks can erase small regions and changes region
         sizes, so the two settings give different AUPROs; report which one you used.
+      mask_resize: how masks are resized when ``resolution`` is an int: ``nearest``,
+        ``bilinear_round`` (PyramidFlow's official evaluation) or ``cv2_exact`` (FAIR's); see
+        :func:`jaxflow_ad.metrics._inputs.resize_mask`.
 
     Returns:
       A dict with float values under the keys image_auroc, pixel_auroc, aupro, image_ap,
@@ -69,7 +74,7 @@ def evaluate(labels, image_scores, masks, maps, *, fpr_limit: float = 0.3, resol
         "image_ap": image_ap(y, s),
         "image_f1_max": image_f1_max(y, s),
     }
-    px = gather_pixels(masks, maps, resolution=resolution, with_regions=True, func="evaluate")
+    px = gather_pixels(masks, maps, resolution=resolution, with_regions=True, func="evaluate", mask_resize=mask_resize)
     require_both_classes(px.y, "pixel_auroc", "pixels")
     require_positives(px.y, "pixel_ap", "pixels")
     # Both classes present => at least one region and one background pixel, so AUPRO is
@@ -86,7 +91,16 @@ DEFECT_KEYS = ("image_auroc", "pixel_auroc", "aupro")
 
 
 def evaluate_by_defect(
-    labels, image_scores, masks, maps, defect_types, *, fpr_limit: float = 0.3, resolution="native", good: str = "good"
+    labels,
+    image_scores,
+    masks,
+    maps,
+    defect_types,
+    *,
+    fpr_limit: float = 0.3,
+    resolution="native",
+    mask_resize: str = "nearest",
+    good: str = "good",
 ) -> dict[str, dict[str, float]]:
     """Image AUROC, pixel AUROC and AUPRO per defect kind: each kind's images against the good ones.
 
@@ -115,8 +129,7 @@ def evaluate_by_defect(
     out = {}
     for kind in sorted(set(kinds) - {good}):
         idx = normal + [i for i, k in enumerate(kinds) if k == kind]
-        r = evaluate(
-            y[idx], s[idx], [masks[i] for i in idx], [maps[i] for i in idx], fpr_limit=fpr_limit, resolution=resolution
-        )
+        sub = [masks[i] for i in idx], [maps[i] for i in idx]
+        r = evaluate(y[idx], s[idx], *sub, fpr_limit=fpr_limit, resolution=resolution, mask_resize=mask_resize)
         out[kind] = {k: r[k] for k in DEFECT_KEYS} | {"count": float(len(idx) - len(normal))}
     return out

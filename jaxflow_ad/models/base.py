@@ -129,6 +129,9 @@ class Stage:
         stage (0: only after the last stage).
       learning_rate: optionally ``steps_per_epoch -> schedule`` of the optimizer's count; the
         engine logs it on the host as ``train/<name>/lr`` (the compiled step is untouched).
+      param_ema: decay of an exponential moving average of the trained parameters (0: off),
+        kept in ``model_state["param_ema"]`` from the stage's start; :func:`eval_params` gives
+        it to scoring and statistics (Polyak averaging of the last ~1/(1-decay) iterates).
     """
 
     name: str
@@ -140,6 +143,7 @@ class Stage:
     batch_size: int | None = None
     refresh_statistics_every: int = 0
     learning_rate: Callable[[int], optax.Schedule] | None = None
+    param_ema: float = 0.0
 
     def tx(self, params: PyTree, steps_per_epoch: int) -> optax.GradientTransformation:
         """The optimizer restricted to the trainable parameters."""
@@ -147,7 +151,14 @@ class Stage:
         return tx if self.trainable is None else optax.masked(tx, trainable_mask(params, self.trainable))
 
     def init_opt(self, state: State, steps_per_epoch: int) -> State:
-        return state.replace(opt_state=self.tx(state.params, steps_per_epoch).init(state.params))
+        """A fresh optimizer state for this stage (and, with ``param_ema``, the average started at
+        the current parameters)."""
+        state = state.replace(opt_state=self.tx(state.params, steps_per_epoch).init(state.params))
+        if self.param_ema:
+            if not 0.0 < self.param_ema < 1.0:
+                raise ValueError(f"param_ema (config key train.param_ema) must be in (0, 1), got {self.param_ema}")
+            state = state.replace(model_state={**state.model_state, PARAM_EMA: state.params})
+        return state
 
     def train_step(self, steps_per_epoch: int) -> Callable[[State, Batch, jax.Array], tuple[State, dict]]:
         """The pure global step of this stage: :func:`gradient_step` with its loss and optimizer."""
@@ -156,6 +167,16 @@ class Stage:
             return gradient_step(self, self.tx(state.params, steps_per_epoch), state, batch, rng)
 
         return step
+
+
+PARAM_EMA = "param_ema"
+
+
+def eval_params(state: State) -> PyTree:
+    """The parameters to score and fit statistics with: their moving average when a stage keeps one
+    (``Stage.param_ema``), else the parameters themselves."""
+    ms = state.model_state
+    return ms[PARAM_EMA] if isinstance(ms, Mapping) and PARAM_EMA in ms else state.params
 
 
 def gradient_step(stage: Stage, tx: optax.GradientTransformation, state: State, batch: Batch, rng: jax.Array):
@@ -176,6 +197,10 @@ def gradient_step(stage: Stage, tx: optax.GradientTransformation, state: State, 
     new = optax.apply_updates(state.params, updates)
     params = jax.tree_util.tree_map(lambda m, n, p: n if m else p, mask, new, state.params)
     metrics = {"loss": value, **metrics, "grad_norm": optax.global_norm(grads)}
+    if stage.param_ema:
+        d = stage.param_ema
+        ema = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, state.model_state[PARAM_EMA], params)
+        new_ms = {**new_ms, PARAM_EMA: ema}
     new_state = state.replace(step=state.step + 1, params=params, model_state=new_ms, opt_state=opt_state)
     return new_state, metrics
 

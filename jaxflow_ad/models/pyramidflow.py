@@ -60,7 +60,7 @@ import optax
 from jaxflow_ad.flows import pyramid as pyr
 from jaxflow_ad.flows.pyramid_coupling import PyramidCoupling, pyramid_schedule
 from jaxflow_ad.flows.reversible import chain_forward, chain_inverse
-from jaxflow_ad.models.base import Method, Stage, State, to_float
+from jaxflow_ad.models.base import Method, Stage, State, eval_params, to_float
 from jaxflow_ad.models.statistics import StreamingMean
 from jaxflow_ad.nn.conv import resolve_impl
 from jaxflow_ad.spectral.fourier_loss import mean_abs_fft2
@@ -366,6 +366,7 @@ class PyramidFlow(Method):
                 self.loss,
                 lambda spe: make_optimizer(config.train.optimizer),
                 prepare_batch=self.prepare_batch,
+                param_ema=float(config.train.get("param_ema", 0.0)),
             ),
         )
 
@@ -414,7 +415,7 @@ class PyramidFlow(Method):
     # -------------------------------------------------------------- statistics and scoring
     def latents(self, state: State, batch) -> list[jax.Array]:
         """Evaluation-mode latent pyramid of a batch."""
-        z, _, _ = self.net.forward(state.params, state.model_state, self.inputs(batch), train=False)
+        z, _, _ = self.net.forward(eval_params(state), state.model_state, self.inputs(batch), train=False)
         return list(z)
 
     def statistics_batch(self, state: State, batch) -> list[jax.Array]:
@@ -442,5 +443,5 @@ class PyramidFlow(Method):
     def artifacts(self, state: State) -> dict[str, np.ndarray]:
         if self.extractor is not None or "template" not in state.stats:
             return {}
-        img = self.net.image_from_latents(state.params, state.model_state, state.stats["template"])
+        img = self.net.image_from_latents(eval_params(state), state.model_state, state.stats["template"])
         return {"image_template": np.asarray(img[0])}

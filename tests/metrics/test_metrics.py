@@ -302,3 +302,29 @@ def test_evaluate_by_defect_is_each_kind_against_the_good_images():
         )
     with pytest.raises(ValueError, match="no 'good' images"):
         evaluate_by_defect(labels[3:], scores[3:], masks[3:], maps[3:], kinds[3:])
+
+
+def test_mask_resize_protocols_by_hand():
+    from jaxflow_ad.metrics._inputs import resize_mask
+
+    block = np.zeros((4, 4), bool)
+    block[:2, :2] = True  # a full 2x2 block: every protocol keeps its pixel when halving
+    corner = np.zeros((4, 4), bool)
+    corner[1, 1] = True  # one pixel: a quarter of an output pixel
+    for how in ("nearest", "bilinear_round", "cv2_exact"):
+        np.testing.assert_array_equal(resize_mask(block, (2, 2), how), [[True, False], [False, False]])
+    assert resize_mask(corner, (2, 2), "nearest")[0, 0]  # nearest samples source pixel (1, 1)
+    assert not resize_mask(corner, (2, 2), "bilinear_round").any()  # 0.25 rounds to 0
+    assert not resize_mask(corner, (2, 2), "cv2_exact").any()  # 64/255 is not exactly 1
+    # three quarters covered: bilinear rounding keeps it (0.55), FAIR's exact rule drops it (191 != 255)
+    half = block.copy()
+    half[1, 1] = False
+    assert resize_mask(half, (2, 2), "bilinear_round")[0, 0] and not resize_mask(half, (2, 2), "cv2_exact")[0, 0]
+    with pytest.raises(ValueError, match="eval.mask_resize"):
+        resize_mask(block, (2, 2), "area")
+    maps = np.random.default_rng(0).random((2, 4, 4)).astype(np.float32)
+    a = M.evaluate([0, 1], [0.1, 0.9], [np.zeros((4, 4), bool), half], maps, resolution=2, mask_resize="bilinear_round")
+    b = M.evaluate(
+        [0, 1], [0.1, 0.9], [np.zeros((4, 4), bool), block], maps, resolution=2, mask_resize="bilinear_round"
+    )
+    assert a["pixel_auroc"] == b["pixel_auroc"]  # the same 2x2 ground truth after resizing
