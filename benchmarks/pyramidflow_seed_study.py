@@ -38,7 +38,7 @@ def _official_run(official_dir: str, seed: int, category: str) -> dict:
     sys.path.insert(0, str(ROOT))
     from configs import pyramidflow as pf_config
     from jaxflow_ad import data, metrics
-    from third_party.golden_pyramidflow import IMAGENET_MEAN, IMAGENET_STD, _import_official
+    from third_party.golden_pyramidflow import IMAGENET_MEAN, IMAGENET_STD, _import_official, official_train_step
 
     torch.set_num_threads(2)
     model, util = _import_official(official_dir)
@@ -72,14 +72,7 @@ def _official_run(official_dir: str, seed: int, category: str) -> dict:
             imgs = train.images[order[i * bs : (i + 1) * bs]]
             if augment:
                 imgs = data.flip_rot90(imgs, rng)
-            opt.zero_grad()
-            loss = torch.fft.fft2(flow.pyramid.compose_pyramid(loss_fn(flow(to_torch(imgs)))).mean(1)).abs().mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm=o.clip_norm)
-            opt.step()
-            for mod in flow.modules():
-                if torch.is_tensor(getattr(mod, "running_mean", None)):
-                    mod.running_mean = mod.running_mean.detach()
+            official_train_step(flow, opt, loss_fn, to_torch(imgs), o.clip_norm)
     train_s = time.perf_counter() - t0
     flow.eval()
     with torch.no_grad():

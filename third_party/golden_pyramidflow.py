@@ -70,6 +70,23 @@ def _import_official(path: str):
     return model, util
 
 
+def official_train_step(flow, opt, loss_fn, x, clip_norm: float = 1.0) -> float:
+    """One step as the official ``train.py`` takes it: Fourier loss of the composed pairwise squared
+    latent differences, backward, clip the gradient norm, Adam. The official VolumeNorm keeps
+    autograd history in its running means across steps; they are detached (values unchanged)."""
+    import torch
+
+    opt.zero_grad()
+    loss = torch.fft.fft2(flow.pyramid.compose_pyramid(loss_fn(flow(x))).mean(1)).abs().mean()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm=clip_norm)
+    opt.step()
+    for m in flow.modules():
+        if torch.is_tensor(getattr(m, "running_mean", None)):
+            m.running_mean = m.running_mean.detach()
+    return float(loss.detach())
+
+
 def run_official(model, util, vn: str, s=SETTINGS) -> dict[str, np.ndarray]:
     import torch
 
@@ -88,15 +105,7 @@ def run_official(model, util, vn: str, s=SETTINGS) -> dict[str, np.ndarray]:
     flow.train()
     for step in range(s["steps"]):
         x = to_torch(inputs["train"][batch_rows(step, s["batch"], s["pool"])])
-        opt.zero_grad()
-        loss = torch.fft.fft2(flow.pyramid.compose_pyramid(loss_fn(flow(x))).mean(1)).abs().mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm=1.0)
-        opt.step()
-        for m in flow.modules():  # the official VolumeNorm keeps autograd history across steps; values unchanged
-            if torch.is_tensor(getattr(m, "running_mean", None)):
-                m.running_mean = m.running_mean.detach()
-        losses.append(float(loss))
+        losses.append(official_train_step(flow, opt, loss_fn, x))
     out[f"{vn}/loss"] = np.asarray(losses, np.float64)
     out.update({f"{vn}/sd1/{k}": v.detach().numpy().copy() for k, v in flow.state_dict().items()})
     flow.eval()
