@@ -157,7 +157,8 @@ class Stage:
         if self.param_ema:
             if not 0.0 < self.param_ema < 1.0:
                 raise ValueError(f"param_ema (config key train.param_ema) must be in (0, 1), got {self.param_ema}")
-            state = state.replace(model_state={**state.model_state, PARAM_EMA: state.params})
+            start = jax.tree_util.tree_map(lambda p: jnp.array(p, copy=True), state.params)  # own buffers (donation)
+            state = state.replace(model_state={**state.model_state, PARAM_EMA: start})
         return state
 
     def train_step(self, steps_per_epoch: int) -> Callable[[State, Batch, jax.Array], tuple[State, dict]]:

@@ -34,7 +34,7 @@ import optax
 
 from jaxflow_ad import data, models
 from jaxflow_ad.backbones import FrozenExtractor
-from jaxflow_ad.models.base import Method, Stage, State
+from jaxflow_ad.models.base import Method, Stage, State, eval_params
 
 CALLS = {"batches": 0}
 SIZE = 16
@@ -115,6 +115,7 @@ class ToyTwoStage(Method):
                 prepare_batch=self.slow_augment,
                 batch_size=int(config.train.fit_batch_size),
                 refresh_statistics_every=1,
+                param_ema=0.5,  # scored with the average: it must survive donation, checkpoints and resume
             ),
         )
 
@@ -133,6 +134,9 @@ class ToyTwoStage(Method):
     def _embed(params, batch):
         return batch["features"]["conv"] @ params["a"] @ params["b"]
 
+    def _embed_eval(self, state, batch):
+        return self._embed(eval_params(state), batch)
+
     def loss_align(self, params, state, batch, rng):
         f = batch["features"]["conv"] @ params["a"]
         h = batch["xyz"][..., 2]
@@ -146,14 +150,14 @@ class ToyTwoStage(Method):
         return jnp.mean((e - center) ** 2) + 1e-3 * jnp.sum(params["b"] ** 2), ({}, state.model_state)
 
     def statistics_batch(self, state, batch):
-        return self._embed(state.params, batch).mean((1, 2))
+        return self._embed_eval(state, batch).mean((1, 2))
 
     def fit_statistics(self, state, outputs):
         rows = np.concatenate(list(outputs))
         return {"center": rows.mean(0).astype(np.float32), "count": np.asarray(len(rows), np.int32)}
 
     def score(self, state, batch, rng):
-        e = self._embed(state.params, batch)
+        e = self._embed_eval(state, batch)
         d = jnp.sqrt(jnp.sum((e - state.stats["center"]) ** 2, -1))
         h, w = batch["image"].shape[1:3]
         maps = jax.image.resize(d, (d.shape[0], h, w), "nearest")
