@@ -115,3 +115,18 @@ def test_kill_and_resume_gives_the_same_metrics(tmp_path, kill_after):
         jax.tree_util.tree_leaves((sa["params"], stats_a)), jax.tree_util.tree_leaves((sb["params"], stats_b))
     ):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_checkpoint_from_before_the_contract_is_one_clear_error(tmp_path):
+    from jaxflow_ad.engine.checkpoint import Checkpointer
+    from jaxflow_ad.models.base import State
+
+    old = ocp.CheckpointManager(tmp_path / "ck", options=ocp.CheckpointManagerOptions(create=True))
+    old.save(5, args=ocp.args.StandardSave({"params": np.ones(3, np.float32)}), force=True)  # the old single item
+    old.wait_until_finished()
+    old.close()
+    target = State(step=np.zeros((), np.int32), params=np.ones(3, np.float32), model_state={}, opt_state=(), stats={})
+    ck = Checkpointer(tmp_path / "ck")
+    with pytest.raises(ValueError, match="before the method contract.*new --workdir"):
+        ck.restore(target)
+    ck.close()
