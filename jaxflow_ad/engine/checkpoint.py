@@ -54,8 +54,7 @@ class Checkpointer:
         if self.has_stats(step):
             items["stats"] = ocp.args.StandardRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        stats = restored.stats if self.has_stats(step) else {}
-        return restored.state.replace(stats=stats)
+        return restored.state.replace(stats=restored.stats if "stats" in items else {})
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

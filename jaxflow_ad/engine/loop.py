@@ -120,9 +120,11 @@ def plan_stages(method, config, num_train: int, category: str) -> list[StagePlan
     return plans
 
 
-def _rows(n: int, batch_size: int):
-    for i in range(0, n, batch_size):
-        yield np.arange(i, min(i + batch_size, n))
+def _padded_batches(split: data_lib.Split, batch_size: int):
+    """``(rows, batch)`` over ``split`` in order, each batch padded to ``batch_size`` rows."""
+    for i in range(0, len(split), batch_size):
+        rows = np.arange(i, min(i + batch_size, len(split)))
+        yield rows, parallel.pad_rows(split.take(rows), batch_size)
 
 
 def fit_statistics(method, state, split: data_lib.Split, mesh, batch_size: int, stats_fn=None):
@@ -131,9 +133,8 @@ def fit_statistics(method, state, split: data_lib.Split, mesh, batch_size: int, 
     fn = stats_fn or parallel.jit_score(mesh, method.statistics_batch)
 
     def outputs():
-        for rows in _rows(len(split), batch_size):
-            out = fn(state, parallel.global_batch(mesh, parallel.pad_rows(split.take(rows), batch_size)))
-            host = jax.device_get(out)
+        for rows, batch in _padded_batches(split, batch_size):
+            host = jax.device_get(fn(state, parallel.global_batch(mesh, batch)))
             yield jax.tree_util.tree_map(lambda a, k=rows.size: np.asarray(a)[:k], host)
 
     stats = method.fit_statistics(state, outputs())
@@ -211,8 +212,6 @@ def train_category(
         start = e
     ckpt.wait()
     timer.save()
-    if method.has_statistics and not jax.tree_util.tree_leaves(state.stats):
-        state = fit_statistics(method, state, train, mesh, eval_bs, stats_fn)  # a checkpoint from before the fit
     return state, timer.total
 
 
@@ -222,19 +221,21 @@ def score_split(method, config, state, split: data_lib.Split, mesh) -> tuple[np.
     parallel.check_batch_size(bs, "eval.batch_size")
     score = parallel.jit_score(mesh, method.score, num_args=3)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-    batches = [parallel.pad_rows(split.take(rows), bs) for rows in _rows(len(split), bs)]
-    jax.block_until_ready(score(state, parallel.global_batch(mesh, batches[0]), key))  # compile
+    n_batches = -(-len(split) // bs)
+    _, first = next(_padded_batches(split, bs))
+    jax.block_until_ready(score(state, parallel.global_batch(mesh, first), key))  # compile
     maps, scores = [], []
     t0 = time.perf_counter()
-    for j, batch in enumerate(
-        tqdm(batches, desc="evaluate", disable=not _is_main(), leave=False, mininterval=_BAR_INTERVAL)
-    ):
+    bar = tqdm(total=n_batches, desc="evaluate", disable=not _is_main(), leave=False, mininterval=_BAR_INTERVAL)
+    for j, (_, batch) in enumerate(_padded_batches(split, bs)):
         m, s = score(state, parallel.global_batch(mesh, batch), jax.random.fold_in(key, j))
         maps.append(np.asarray(jax.device_get(m)))
         scores.append(np.asarray(jax.device_get(s)))
+        bar.update(1)
+    bar.close()
     seconds = time.perf_counter() - t0
     n = len(split)
-    return np.concatenate(maps)[:n], np.concatenate(scores)[:n], len(batches) * bs / seconds
+    return np.concatenate(maps)[:n], np.concatenate(scores)[:n], n_batches * bs / seconds
 
 
 def evaluate_category(method, config, state, test: data_lib.Split, mesh) -> tuple[dict, np.ndarray, np.ndarray]:

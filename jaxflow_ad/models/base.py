@@ -81,7 +81,7 @@ def to_float(images):
     return images.astype(xp.float32)
 
 
-def host_to_float(batch: dict, rng: np.random.Generator) -> dict:
+def host_identity(batch: dict, rng: np.random.Generator) -> dict:
     """The default host-side preparation: the batch as it is (images stay uint8)."""
     del rng
     return dict(batch)
@@ -139,7 +139,7 @@ class Stage:
     loss_fn: LossFn
     optimizer: Callable[[int], optax.GradientTransformation]
     trainable: tuple[str, ...] | None = None
-    prepare_batch: Callable[[dict, np.random.Generator], dict] = host_to_float
+    prepare_batch: Callable[[dict, np.random.Generator], dict] = host_identity
     batch_size: int | None = None
     refresh_statistics_every: int = 0
     learning_rate: Callable[[int], optax.Schedule] | None = None
