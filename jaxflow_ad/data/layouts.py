@@ -1,10 +1,10 @@
 """Dataset readers, chosen by the config key ``data.layout``.
 
-A layout is a way of storing a dataset on disk (MVTec AD's folders, MVTec
-3D-AD's rgb/xyz pairs, a plain folder of images, ...). Each one is read by a
-:class:`Reader`, which also says which sample keys it produces, so that the
-engine can ask for the modalities a method needs and augment every spatial one
-alike without knowing the layout.
+A layout is a way of storing a dataset on disk (MVTec AD's folders, DAGM
+2007's class folders with Labels.txt, MVTec 3D-AD's rgb/xyz pairs, a plain
+folder of images, ...). Each one is read by a :class:`Reader`, which also says
+which sample keys it produces, so that the engine can ask for the modalities a
+method needs and augment every spatial one alike without knowing the layout.
 
 The registry is a plain dict: a new layout is added with
 ``LAYOUTS["name"] = Reader(...)`` next to its reader module.
@@ -16,7 +16,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-from . import mvtec
+from . import dagm, mvtec
 from .mvtec import DatasetError, Split
 
 __all__ = ["LAYOUTS", "Reader", "get_reader"]
@@ -63,6 +63,14 @@ LAYOUTS: dict[str, Reader] = {
         splits=mvtec.SPLITS,
         list_categories=mvtec.list_categories,
         load_split=mvtec.load_split,
+    ),
+    "dagm": Reader(
+        name="dagm",
+        modalities=("image",),
+        spatial=("image",),
+        splits=mvtec.SPLITS,
+        list_categories=dagm.list_categories,
+        load_split=dagm.load_split,
     ),
 }
 

@@ -356,16 +356,22 @@ def _is_hidden(p: pathlib.Path) -> bool:
     return p.name.startswith(".")
 
 
-def _image_files(folder: pathlib.Path, what: str) -> dict[str, pathlib.Path]:
-    """Image files in ``folder`` keyed by stem; anything unexpected raises."""
+def _image_files(
+    folder: pathlib.Path, what: str, *, skip: tuple[str, ...] = (), layout: str = "MVTec AD"
+) -> dict[str, pathlib.Path]:
+    """Image files in ``folder`` keyed by stem; anything unexpected raises.
+
+    ``skip``: names of entries the caller handles itself (DAGM's ``Label/``
+    folder and ``Labels.txt``); ``layout`` names the layout in messages.
+    """
     files: dict[str, pathlib.Path] = {}
     for p in sorted(folder.iterdir()):
-        if _is_hidden(p):
+        if _is_hidden(p) or p.name in skip:
             continue
         if p.is_dir():
             raise DatasetError(
                 f"Unexpected folder {p} inside the {what} folder {folder}: the "
-                "MVTec AD layout has only image files there. Move it out of "
+                f"{layout} layout has only image files there. Move it out of "
                 "the dataset."
             )
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -418,14 +424,17 @@ def list_categories(root: str | os.PathLike) -> list[str]:
     )
 
 
-def _find_mask(gt_dir: pathlib.Path, stem: str, masks: dict[str, pathlib.Path]) -> pathlib.Path | None:
-    with_suffix = masks.get(stem + MASK_SUFFIX)
+def _find_mask(
+    gt_dir: pathlib.Path, stem: str, masks: dict[str, pathlib.Path], suffix: str = MASK_SUFFIX
+) -> pathlib.Path | None:
+    """The mask ``<stem><suffix>.*`` or ``<stem>.*`` among ``masks`` (keyed by stem), None if neither."""
+    with_suffix = masks.get(stem + suffix)
     plain = masks.get(stem)
     if with_suffix is not None and plain is not None:
         raise DatasetError(
             f"Two masks for the image stem {stem!r} in {gt_dir}: "
             f"{with_suffix.name} and {plain.name}. Keep only "
-            f"{stem}{MASK_SUFFIX}.png."
+            f"{stem}{suffix}.png."
         )
     return with_suffix if with_suffix is not None else plain
 
@@ -587,10 +596,27 @@ def load_split(
     Raises:
       DatasetError: on any missing, unreadable or inconsistent file.
     """
+    _check_load_args(image_size, resize)
+    return _load_records(scan_split(root, category, split), category, split, image_size, resize, num_workers)
+
+
+def _check_load_args(image_size: int | None, resize: str) -> None:
+    """The checks of ``load_split``'s arguments, made before any folder is scanned."""
     if image_size is not None and (not isinstance(image_size, (int, np.integer)) or image_size < 1):
         raise DatasetError(f"image_size must be a positive int or None, got {image_size!r}.")
     check_resize(resize)
-    records = scan_split(root, category, split)
+
+
+def _load_records(
+    records: list[Record],
+    category: str,
+    split: str,
+    image_size: int | None,
+    resize: str,
+    num_workers: int | None,
+) -> Split:
+    """The :class:`Split` of scanned ``records`` (non-empty), pixels read as
+    :func:`load_split` documents; shared by the readers of other layouts."""
     workers = num_workers or min(8, os.cpu_count() or 1)
     if workers > 1 and len(records) > 1:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
