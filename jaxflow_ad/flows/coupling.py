@@ -96,26 +96,54 @@ def sum_per_sample(s: jax.Array) -> jax.Array:
     return jnp.sum(s.reshape(s.shape[0], -1), axis=1)
 
 
+def leaky_relu_001(x: jax.Array) -> jax.Array:
+    """LeakyReLU with slope 0.01 (PyTorch's default), the activation of :class:`ConvSubnet` by default."""
+    return nn.leaky_relu(x, 0.01)
+
+
+def torch_default_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default conv/linear bias init, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    bound = 1.0 / float(fan_in) ** 0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
 class ConvSubnet(nn.Module):
-    """The default coupling subnet: ``Conv(k) -> LeakyReLU(0.01) -> Conv(k, zero init)``, no bias.
+    """The default coupling subnet: ``Conv(k) -> activation -> Conv(k, zero init)``.
 
     Returns the raw ``2 * out_channels`` outputs (log-scale and shift); the
     zero-initialised last conv makes a fresh coupling the identity.
+
+    Attributes:
+      out_channels, hidden, ksize: channels out, hidden channels, kernel size.
+      conv_impl: see :mod:`jaxflow_ad.nn.conv`.
+      activation: the hidden nonlinearity; default LeakyReLU(0.01) (PyramidFlow's
+        subnet), ``nn.relu`` for the GLOW/AST/NF-BMR subnet (:mod:`jaxflow_ad.flows.glow`).
+      use_bias: add biases ``bias0`` (PyTorch default init) and ``bias1`` (zero
+        init) to the two convs, as PyTorch's ``Conv2d`` does by default. Off by
+        default: the parameters are then the two bias-free kernels only.
     """
 
     out_channels: int
     hidden: int = 16
     ksize: int = 3
     conv_impl: str = "xla"
+    activation: Callable[[jax.Array], jax.Array] = leaky_relu_001
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train
         h = Conv2D(self.hidden, self.ksize, kernel_init=torch_default_kernel_init, impl=self.conv_impl, name="conv0")(x)
-        h = nn.leaky_relu(h, 0.01)
-        return Conv2D(
+        if self.use_bias:
+            h = h + self.param("bias0", torch_default_bias_init(self.ksize**2 * x.shape[-1]), (self.hidden,))
+        h = self.activation(h)
+        last = Conv2D(
             self.out_channels, self.ksize, kernel_init=nn.initializers.zeros, impl=self.conv_impl, name="conv1"
-        )(h)
+        )
+        o = last(h)
+        if self.use_bias:
+            o = o + self.param("bias1", nn.initializers.zeros, (self.out_channels,))
+        return o
 
 
 def broadcast_condition(cond: jax.Array, like: jax.Array) -> jax.Array:

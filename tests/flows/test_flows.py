@@ -14,35 +14,7 @@ from jaxflow_ad.flows.lu_conv import InvConv1x1LU
 from jaxflow_ad.flows.pyramid_coupling import PyramidCoupling, pyramid_schedule
 from jaxflow_ad.flows.reversible import chain_forward, chain_inverse
 from jaxflow_ad.flows.volume_norm import VolumeNorm
-
-
-def _perturb_params(variables, key, scale=0.2):
-    params = variables["params"]
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    params = jax.tree_util.tree_unflatten(
-        tree, [l + scale * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)]
-    )
-    out = dict(variables, params=params)
-    if "volume_norm" in variables:  # non-zero running means so evaluation mode is not trivial
-        out["volume_norm"] = jax.tree_util.tree_map(
-            lambda l: 0.1 * jax.random.normal(key, l.shape, l.dtype), variables["volume_norm"]
-        )
-    return out
-
-
-def _flat(levels):
-    return jnp.concatenate([l.reshape(-1) for l in levels])
-
-
-def _unflat(v, shapes):
-    out, i = [], 0
-    for s in shapes:
-        n = int(np.prod(s))
-        out.append(v[i : i + n].reshape(s))
-        i += n
-    return tuple(out)
-
+from tests.flows.flow_checks import check_invertible, perturb_params
 
 # ---------------------------------------------------------------- pyramid
 
@@ -104,35 +76,13 @@ def test_volume_norm_train_and_eval(mode):
     np.testing.assert_allclose(out2, out, rtol=1e-6)
 
 
-def _check_invertible(layer, variables, x, shapes=None, jac=True, train=False, atol=1e-5, cond=None):
-    y, ld = layer.apply(variables, x, cond, train=train, method=layer.forward)
-    xr, ld_inv = layer.apply(variables, y, cond, train=train, method=layer.inverse)
-    for a, b in zip(jax.tree_util.tree_leaves(xr), jax.tree_util.tree_leaves(x)):
-        np.testing.assert_allclose(a, b, atol=atol)
-    np.testing.assert_allclose(ld, -ld_inv, rtol=1e-5, atol=1e-4)
-    if jac:  # single sample, eval mode: the transform is a function of that sample alone
-        shapes = shapes or [l.shape for l in jax.tree_util.tree_leaves(x)]
-        treedef = jax.tree_util.tree_structure(x)
-
-        def f(v):
-            xs = jax.tree_util.tree_unflatten(treedef, list(_unflat(v, shapes)))
-            out, _ = layer.apply(variables, xs, cond, train=train, method=layer.forward)
-            return _flat(jax.tree_util.tree_leaves(out))
-
-        v0 = _flat(jax.tree_util.tree_leaves(x))
-        sign, logabs = jnp.linalg.slogdet(jax.jacfwd(f)(v0))
-        assert float(sign) != 0
-        np.testing.assert_allclose(logabs, ld[0], rtol=1e-4, atol=1e-3)
-    return y, ld
-
-
 @pytest.mark.parametrize("vn", [True, False])
 def test_lu_conv(vn):
     x = jax.random.normal(jax.random.PRNGKey(2), (1, 3, 3, 4))
     layer = InvConv1x1LU(volume_norm=vn)
     v = layer.init(jax.random.PRNGKey(0), x, method=layer.forward)
-    v = _perturb_params(v, jax.random.PRNGKey(5))
-    _, ld = _check_invertible(layer, v, x)
+    v = perturb_params(v, jax.random.PRNGKey(5))
+    _, ld = check_invertible(layer, v, x)
     if vn:
         np.testing.assert_allclose(ld, 0.0, atol=1e-5)  # volume normalised: |det A| = 1
     else:
@@ -145,8 +95,8 @@ def test_channel_coupling(mode, flip):
     x = jax.random.normal(jax.random.PRNGKey(3), (1, 3, 3, 5))
     layer = ChannelAffineCoupling(channels=5, hidden=4, ksize=3, volume_norm=mode, flip=flip)
     v = layer.init(jax.random.PRNGKey(0), x, method=layer.forward)
-    v = _perturb_params(v, jax.random.PRNGKey(6))
-    _check_invertible(layer, v, x)
+    v = perturb_params(v, jax.random.PRNGKey(6))
+    check_invertible(layer, v, x)
 
 
 def test_fresh_coupling_is_identity():
@@ -181,8 +131,8 @@ def test_conditional_coupling_with_a_subnet_factory(cond_kind, subnet):
     y0, ld0 = layer.apply(v, x, cond, method=layer.forward)
     np.testing.assert_array_equal(y0, x)  # zero-initialised last layer: the identity
     np.testing.assert_array_equal(ld0, 0.0)
-    v = _perturb_params(v, jax.random.PRNGKey(6))
-    y, _ = _check_invertible(layer, v, x, cond=cond)
+    v = perturb_params(v, jax.random.PRNGKey(6))
+    y, _ = check_invertible(layer, v, x, cond=cond)
     y2, _ = layer.apply(v, x, cond + 1.0, method=layer.forward)
     assert float(jnp.abs(y2 - y).max()) > 1e-3  # the condition reaches the subnet
     np.testing.assert_array_equal(y2[..., :2], x[..., :2])  # and only the transformed half moves
@@ -211,13 +161,13 @@ def test_pyramid_blocks(kind, start, levels, mode):
     x = _levels(jax.random.PRNGKey(4), 1, 8 if levels == 3 else 4, levels, 2)
     layer = PyramidCoupling(kind, start, channels=2, ksize=3, volume_norm=mode)
     v = layer.init(jax.random.PRNGKey(0), x, method=layer.forward)
-    v = _perturb_params(v, jax.random.PRNGKey(7))
-    y, _ = _check_invertible(layer, v, x)
+    v = perturb_params(v, jax.random.PRNGKey(7))
+    y, _ = check_invertible(layer, v, x)
     changed = [i for i in range(levels) if not np.allclose(y[i], x[i])]
     assert changed == [layer.target]
     # train-mode round trip on a batch (batch statistics are recomputed in the inverse)
     xb = _levels(jax.random.PRNGKey(9), 3, 8 if levels == 3 else 4, levels, 2)
-    _check_invertible(layer, v, xb, jac=False, train=True)
+    check_invertible(layer, v, xb, jac=False, train=True)
 
 
 def test_fast_down_block_equals_full_resolution_subnet():
@@ -228,7 +178,7 @@ def test_fast_down_block_equals_full_resolution_subnet():
     x = _levels(jax.random.PRNGKey(4), 2, 8, 2, 3)
     fast = PyramidCoupling("down", 0, channels=3, ksize=3, volume_norm="CVN", fast_down=True)
     full = PyramidCoupling("down", 0, channels=3, ksize=3, volume_norm="CVN", fast_down=False)
-    va = _perturb_params(fast.init(jax.random.PRNGKey(0), x, method=fast.forward), jax.random.PRNGKey(1))
+    va = perturb_params(fast.init(jax.random.PRNGKey(0), x, method=fast.forward), jax.random.PRNGKey(1))
     va["volume_norm"] = jax.tree_util.tree_map(jnp.zeros_like, va["volume_norm"])
     vb = dict(full.init(jax.random.PRNGKey(0), x, method=full.forward), params=va["params"], constants=va["constants"])
     for train in (True, False):
@@ -275,7 +225,7 @@ def test_chain_round_trip_and_reversible_gradients(period):
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 4))
     layers = _coupling_chain(6)
     variables = [
-        _perturb_params(l.init(jax.random.PRNGKey(i), x, method=l.forward), jax.random.PRNGKey(10 + i), 0.05)
+        perturb_params(l.init(jax.random.PRNGKey(i), x, method=l.forward), jax.random.PRNGKey(10 + i), 0.05)
         for i, l in enumerate(layers)
     ]
     y, ld, _ = chain_forward(layers, variables, x, train=False)
@@ -320,7 +270,7 @@ def test_reversible_chain_passes_the_condition_and_its_gradient(period):
     cond = jax.random.normal(jax.random.PRNGKey(1), (2, 3))
     layers = _coupling_chain(4)
     variables = [
-        _perturb_params(l.init(jax.random.PRNGKey(i), x, cond, method=l.forward), jax.random.PRNGKey(20 + i), 0.05)
+        perturb_params(l.init(jax.random.PRNGKey(i), x, cond, method=l.forward), jax.random.PRNGKey(20 + i), 0.05)
         for i, l in enumerate(layers)
     ]
     y, ld, _ = chain_forward(layers, variables, x, cond)
