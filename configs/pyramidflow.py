@@ -71,8 +71,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.epochs = 15
     c.train.batch_size = 2
     c.train.optimizer = ml_collections.ConfigDict(
-        dict(lr=2e-4, b1=0.5, b2=0.9, eps=1e-4, weight_decay=1e-5, clip_norm=1.0)
+        dict(lr=2e-4, b1=0.5, b2=0.9, eps=1e-4, weight_decay=1e-5, clip_norm=1.0, anneal_epochs=0, anneal_to=0.0)
     )
+    # anneal_epochs > 0: the rate falls along a half cosine to lr * anneal_to over the last epochs (not in the
+    # paper, whose rate is constant; see jaxflow_ad.models.pyramidflow.lr_schedule and the seed anatomy).
     # > 0: score with a moving average of the flow's weights (Polyak), e.g. 0.95. Off by default: in the
     # seed study (benchmarks/pyramidflow_seed_study.py, 5 seeds, weave + coin) 0.95 narrowed some spreads
     # (weave thread AUPRO sd 1.2 -> 0.5) but widened others (weave broken AUPRO sd 3.2 -> 4.0, mean -1.4).

@@ -277,14 +277,39 @@ class PyramidFlowNet:
         return jnp.clip(img, 0.0, 1.0)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def lr_schedule(cfg: ml_collections.ConfigDict, epochs: int, steps_per_epoch: int) -> optax.Schedule | None:
+    """The learning rate of every step, or None for the official constant rate.
+
+    ``cfg.anneal_epochs = k > 0`` keeps the rate constant, then anneals it over the last ``k``
+    epochs along a half cosine from ``lr`` towards ``lr * cfg.anneal_to``, reached one step after
+    the last update (so that no update has a zero rate). Not in the paper: a remedy for the seed dependence measured by
+    ``benchmarks/pyramidflow_seed_anatomy.py``; with a constant rate, Adam's step noise
+    keeps the final weights (and so the result) a random draw around a still-improving mean.
+    """
+    k = int(cfg.get("anneal_epochs", 0))
+    if k <= 0:
+        return None
+    if k > epochs:
+        raise ValueError(f"train.optimizer.anneal_epochs={k} exceeds train.epochs={epochs}; use 0..{epochs}")
+    total, tail = epochs * steps_per_epoch, k * steps_per_epoch
+    lr, end = float(cfg.lr), float(cfg.lr) * float(cfg.get("anneal_to", 0.0))
+    decay = optax.cosine_decay_schedule(lr, tail, alpha=end / lr)
+    return optax.join_schedules([optax.constant_schedule(lr), decay], [total - tail])
+
+
+def make_optimizer(
+    cfg: ml_collections.ConfigDict, epochs: int = 0, steps_per_epoch: int = 0
+) -> optax.GradientTransformation:
     """Official optimizer: clip grad norm 1, Adam(lr 2e-4, betas (0.5, 0.9), eps 1e-4)
-    with *coupled* L2 weight decay 1e-5 (torch ``Adam(weight_decay=...)``), no schedule."""
+    with *coupled* L2 weight decay 1e-5 (torch ``Adam(weight_decay=...)``), no schedule
+    (optionally annealed at the end: :func:`lr_schedule`)."""
+    schedule = lr_schedule(cfg, epochs, steps_per_epoch)
+    last = optax.scale(-cfg.lr) if schedule is None else optax.scale_by_learning_rate(schedule)
     return optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm),
         optax.add_decayed_weights(cfg.weight_decay),
         optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
-        optax.scale(-cfg.lr),
+        last,
     )
 
 
@@ -364,11 +389,17 @@ class PyramidFlow(Method):
                 "flow",
                 int(config.train.epochs),
                 self.loss,
-                lambda spe: make_optimizer(config.train.optimizer),
+                lambda spe: make_optimizer(config.train.optimizer, int(config.train.epochs), spe),
                 prepare_batch=self.prepare_batch,
                 param_ema=float(config.train.get("param_ema", 0.0)),
+                learning_rate=self._learning_rate,
             ),
         )
+
+    def _learning_rate(self, steps_per_epoch: int) -> optax.Schedule:
+        t = self.config.train
+        schedule = lr_schedule(t.optimizer, int(t.epochs), steps_per_epoch)
+        return schedule if schedule is not None else optax.constant_schedule(float(t.optimizer.lr))
 
     @classmethod
     def configure(cls, config: ml_collections.ConfigDict, category: str) -> ml_collections.ConfigDict:

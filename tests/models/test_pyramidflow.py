@@ -208,3 +208,34 @@ def test_paper_backbone_without_weights_names_the_convert_command():
     cfg = pf_config.get_config("resnet18")
     with pytest.raises(WeightsError, match="python -m third_party.convert --arch resnet18"):
         pf.PyramidFlow(cfg)
+
+
+def test_annealed_learning_rate_schedule_and_updates():
+    """``train.optimizer.anneal_epochs``: constant (the official rate) until the last k epochs, then a
+    half cosine down to ``lr * anneal_to``; every update's size follows it; 0 keeps the official
+    constant transform."""
+    o = pf_config.get_config().train.optimizer
+    assert pf.lr_schedule(o, 6, 15) is None  # default: the official constant rate
+    o.anneal_epochs, o.anneal_to = 2, 0.0
+    s = pf.lr_schedule(o, 6, 15)
+    rates = np.array([float(s(i)) for i in range(90)])
+    np.testing.assert_allclose(rates[:61], o.lr, rtol=1e-6)
+    assert np.all(np.diff(rates[60:]) < 0) and 0 < rates[-1] < 1e-2 * o.lr
+    np.testing.assert_allclose(rates[75], o.lr / 2, rtol=1e-5)  # half way down the cosine
+    o.anneal_to = 0.1
+    assert float(pf.lr_schedule(o, 6, 15)(90)) == pytest.approx(0.1 * o.lr)
+    o.anneal_epochs = 7
+    with pytest.raises(ValueError, match="anneal_epochs"):
+        pf.lr_schedule(o, 6, 15)
+    # The optimizer applies it: a constant gradient's update shrinks exactly with the rate
+    # (Adam's normalised step is the same every step for a constant gradient, up to its bias correction).
+    o.anneal_epochs, o.anneal_to, o.weight_decay, o.clip_norm = 2, 0.0, 0.0, 1e9
+    constant = o.copy_and_resolve_references()
+    constant.anneal_epochs = 0
+    tx, ref = pf.make_optimizer(o, 6, 15), pf.make_optimizer(constant, 6, 15)
+    p, g = jnp.ones(3), jnp.full(3, 0.5)
+    st, st_ref = tx.init(p), ref.init(p)
+    for i in range(90):
+        u, st = tx.update(g, st, p)
+        u_ref, st_ref = ref.update(g, st_ref, p)
+        np.testing.assert_allclose(u, u_ref * rates[i] / o.lr, rtol=1e-5, atol=1e-12)
