@@ -13,6 +13,7 @@ import ml_collections
 REGISTRY: dict[str, str] = {
     "pyramidflow": "jaxflow_ad.models.pyramidflow:PyramidFlow",
     "fair": "jaxflow_ad.models.fair:FAIR",
+    "nfbmr": "jaxflow_ad.models.nfbmr:NFBMR",
 }
 
 
