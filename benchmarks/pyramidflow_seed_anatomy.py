@@ -165,6 +165,8 @@ def run(cfg, category: str, pairs: list[tuple[int, int]], per_epoch: set[tuple[i
         res = {"train_s": train_s, "final_loss": float(m["loss"])}
         res["default"] = score(method, plain_template(state), test, per_level=True)
         epochs[stage.epochs] = res["default"]
+        if len(epochs) > 1:
+            res["epochs"] = epochs
         if not variants:
             save(f"{init_seed},{data_seed}", res)
             continue
@@ -173,8 +175,6 @@ def run(cfg, category: str, pairs: list[tuple[int, int]], per_epoch: set[tuple[i
         if textures:
             res["views_template"] = score(method, views_template(state), test, per_level=True)
             res["precise_rm+views_template"] = score(method, views_template(precise), test, per_level=True)
-        if epochs and len(epochs) > 1:
-            res["epochs"] = epochs
         save(f"{init_seed},{data_seed}", res)
         d = res["default"]
         print(
