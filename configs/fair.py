@@ -13,26 +13,29 @@ Variants (``--config=configs/fair.py:<arg>``):
 * ``""`` (default): quick-start run on the four built-in categories, reduced
   for a small machine: 128x128, c = 16, 40 epochs (280 steps of batch 8 per
   category; lr x0.2 after epochs 32 and 36), mean filter 11 (the paper's 21 at
-  256 px, scaled). Measured once (seed 0, ``--workdir=/tmp/fair_qs``) on 2 CPU
-  cores shared with another quick-start run and a test suite (load average
-  4-5 most of the time): 36.6 min wall in all, training 862 / 398 / 458 / 344 s
-  (gravel's under the heaviest load); steps ran at 1.5-3.6 s, so an idle
-  machine should need roughly 20-25 min (not measured)::
+  256 px, scaled). Measured (seed 0, ``--workdir=/tmp/fair_qs``, the default
+  ``data.resize=cv2_linear``, FAIR's official loader's resizing) on 2 CPU cores
+  shared with a PyramidFlow seed study (load average 2-3): 27.5 min wall in
+  all, steps at 1.2-2.0 s; on an idle machine expect about 20 min::
 
     | category | I-AUROC | P-AUROC | AUPRO | P-AP | P-F1max | I-AP | I-F1max | train s | img/s |
     |---|---|---|---|---|---|---|---|---|---|
-    | gravel | 90.3 | 97.2 | 82.7 | 72.1 | 67.0 | 96.1 | 88.9 | 861.8 | 19.8 |
-    | weave | 53.8 | 87.0 | 55.7 | 3.5 | 8.2 | 66.9 | 83.9 | 397.7 | 18.3 |
-    | coin | 100.0 | 99.7 | 98.6 | 73.9 | 63.6 | 100.0 | 100.0 | 457.9 | 20.3 |
-    | nut | 100.0 | 99.7 | 98.8 | 67.9 | 61.3 | 100.0 | 100.0 | 344.1 | 32.6 |
-    | **mean** | 86.0 | 95.9 | 83.9 | 54.4 | 50.0 | 90.7 | 93.2 | 515.4 | 22.7 |
+    | gravel | 91.3 | 97.9 | 86.4 | 72.5 | 65.4 | 96.6 | 90.2 | 347.9 | 24.8 |
+    | weave | 65.3 | 86.9 | 59.7 | 3.1 | 8.9 | 73.0 | 88.1 | 359.7 | 26.7 |
+    | coin | 100.0 | 99.6 | 98.3 | 73.0 | 65.0 | 100.0 | 100.0 | 475.4 | 25.1 |
+    | nut | 100.0 | 99.7 | 98.7 | 66.1 | 60.8 | 100.0 | 100.0 | 376.5 | 27.6 |
+    | **mean** | 89.2 | 96.0 | 85.8 | 53.7 | 50.0 | 92.4 | 94.6 | 389.9 | 26.1 |
 
-  Weave is the weak category: image AUROC is at chance and pixel AP 3.5
-  (the periodic weave's thin defects are poorly separated at this size and
-  training length). This table was measured with images resized by PIL's
-  antialiased bilinear filter (``--config.data.resize=pil_bilinear``); the
-  default is now OpenCV's bilinear interpolation, as FAIR's official loader
-  does it (``cv2_linear``), and the table has not been re-measured with it.
+  Weave is the weak category (pixel AP 3.1; per defect kind, pixel AUROC
+  84-89 and AUPRO 45-63 on all four kinds): the periodic weave's thin defects
+  are poorly separated at this size and training length. The same run with
+  PIL's antialiased resizing (``--config.data.resize=pil_bilinear``, the
+  former default, measured under heavier load) gave mean 86.0 / 95.9 / 83.9
+  (I-AUROC / P-AUROC / AUPRO): gravel 90.3 / 97.2 / 82.7, weave 53.8 / 87.0 /
+  55.7, coin 100.0 / 99.7 / 98.6, nut 100.0 / 99.7 / 98.8: +3.2 I-AUROC and
+  +1.9 AUPRO on the mean with OpenCV's resizing, +11.5 I-AUROC on weave. One
+  seed each, so part of that may be seed noise; OpenCV's bilinear, without
+  antialiasing, does pass more of the high frequencies FAIR restores from.
 * ``paper``: the official hyperparameters (256x256, c = 128, Adam 1e-4,
   batch 8, 800 epochs with lr x0.2 after 80 % and 90 %; use
   ``--config.train.epochs=400`` for VisA). The paper's MVTec AD results
