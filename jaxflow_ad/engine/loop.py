@@ -90,7 +90,8 @@ class _Timer:
 
     def save(self) -> None:
         if _is_main():
-            self.path.write_text(json.dumps({"seconds": self.total}))
+            report.write_text_atomic(self.path, json.dumps({"seconds": self.total}))  # a kill mid-write
+            # must not leave a truncated file that stops the resumed run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +315,9 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
             )
             for name, img in method.artifacts(state).items():
                 report.save_image(cat_dir / f"{name}.png", img)
-            (cat_dir / "metrics.json").write_text(json.dumps({**result, "notes": notes}, indent=2, sort_keys=True))
+            report.write_text_atomic(
+                cat_dir / "metrics.json", json.dumps({**result, "notes": notes}, indent=2, sort_keys=True)
+            )
         return result
     finally:
         writer.close()
@@ -330,7 +333,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mode: st
     models.check_config(config)
     root, categories = resolve_data(config)
     if _is_main():
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        report.write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
         log.info(
             "data: %s, categories: %s, devices: %d (%s), processes: %d",
             root,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -22,6 +23,15 @@ COLUMNS = (
     ("train_time_s", "train s"),
     ("images_per_s", "img/s"),
 )
+
+
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader (or a run resumed after a kill) sees either the
+    old content or the new, never a truncated file: a temporary file beside it, then ``os.replace``."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _colormap(x: np.ndarray) -> np.ndarray:
@@ -161,9 +171,9 @@ def write_summary(workdir: pathlib.Path, results: Mapping[str, Mapping[str, floa
     """``metrics.json`` and ``results.md``; returns the table."""
     table = results_table(results)
     payload = {"categories": dict(results), "mean": mean_row(results), "config": json.loads(config_json)}
-    (workdir / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+    write_text_atomic(workdir / "metrics.json", json.dumps(payload, indent=2, sort_keys=True))
     text = "AUROC/AUPRO/AP/F1 in %.\n\n" + table
     if any(r.get("per_defect") for r in results.values()):
         text += "\nPer defect kind (its images against the good ones):\n\n" + defect_table(results)
-    (workdir / "results.md").write_text(text)
+    write_text_atomic(workdir / "results.md", text)
     return table

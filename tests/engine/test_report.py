@@ -46,3 +46,25 @@ def test_save_image_and_bad_dtype(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b.png")), images[0])
     with pytest.raises(ValueError, match="uint8 in \\[0, 255\\] or float in \\[0, 1\\], got dtype int64"):
         report.save_image(tmp_path / "c.png", images[0].astype(np.int64))
+
+
+def test_write_text_atomic_never_leaves_a_truncated_file(tmp_path, monkeypatch):
+    """A run killed while writing ``train_time.json`` left it empty, and the resumed run stopped on it:
+    files the engine re-reads are written beside and renamed. A failure before the rename keeps the
+    old content whole."""
+    import os
+
+    path = tmp_path / "train_time.json"
+    report.write_text_atomic(path, '{"seconds": 1.0}')
+    assert path.read_text() == '{"seconds": 1.0}'
+
+    def killed(src, dst):
+        raise KeyboardInterrupt("killed before the rename")
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_text_atomic(path, '{"seconds": 2.0}')
+    assert path.read_text() == '{"seconds": 1.0}'
+    monkeypatch.undo()
+    report.write_text_atomic(path, '{"seconds": 3.0}')
+    assert path.read_text() == '{"seconds": 3.0}'
