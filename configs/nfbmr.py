@@ -104,6 +104,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.bpfm = ml_collections.ConfigDict(dict(latent=400))  # B-PFM's L (200/400/900 for its three taps)
     c.model.l2_normalize = False  # B-PFM's channel L2 normalisation of y and z (paper silent)
     c.model.score = "mapping"  # mapping (Eq. 14) | flow_only (Table 5: NF alone)
+    c.model.cache_flow_outputs = True  # stage 2 reads z = TNF(y) computed once (the flow is frozen)
+    # precision/recall/F1 (Tables 2, 4) at the 0.99 quantile of 10% of train/good held out of training
+    c.eval.threshold.holdout = 0.1
 
     c.train.flow_epochs = 300
     c.train.mapping_epochs = 300

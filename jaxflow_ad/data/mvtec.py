@@ -257,6 +257,28 @@ class Split:
         _check_rows(new, len(self), "with_samples")
         return dataclasses.replace(self, samples={**self.samples, **new})
 
+    def subset(self, rows, name: str) -> Split:
+        """Rows ``rows`` (sorted, unique) as a split of their own, e.g. the normal images held out
+        of training to choose a threshold on.
+
+        Its ``split`` is ``"<split>[<name>:<digest of rows>]"``, so its :meth:`fingerprint` (and
+        any feature cached under it) differs from the whole split's and from another subset's.
+        ``files`` stay those of the whole split: they are what was read.
+        """
+        idx = np.unique(np.asarray(rows, np.int64))
+        if idx.size and (idx[0] < 0 or idx[-1] >= len(self)):
+            raise ValueError(f"Split.subset: rows must be in [0, {len(self)}), got {idx[0]}..{idx[-1]}")
+        digest = hashlib.sha256(idx.tobytes()).hexdigest()[:8]
+        return dataclasses.replace(
+            self,
+            samples=self.take(idx),
+            masks=[self.masks[i] for i in idx],
+            labels=np.asarray(self.labels)[idx],
+            defect_types=[self.defect_types[i] for i in idx],
+            paths=[self.paths[i] for i in idx],
+            split=f"{self.split}[{name}:{digest}]",
+        )
+
     def fingerprint(self) -> str:
         """A sha256 hex digest of what the split was built from, for caches keyed by data.
 

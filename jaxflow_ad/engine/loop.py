@@ -12,6 +12,8 @@ that ``data.layout`` names. Layout of ``workdir``::
     <category>/features/        cached features of a frozen extractor, when larger than
                                 data.feature_cache_memory_mb (reused by a resumed run)
     <category>/metrics.json     that category's metrics, timings
+    <category>/threshold.json   the image threshold chosen on held-out normal images
+                                (with eval.threshold.holdout > 0)
     <category>/heatmaps/*.png   image | ground truth | anomaly map | overlay
     <category>/<artifact>.png   e.g. PyramidFlow's image template
     metrics.json, results.md    all categories and their mean
@@ -142,6 +144,17 @@ def fit_statistics(method, state, split: data_lib.Split, mesh, batch_size: int, 
     return parallel.to_replicated(mesh, state.replace(stats=stats))
 
 
+def derive_split(fn, state, split: data_lib.Split, mesh, batch_size: int) -> dict:
+    """``fn(state, batch)`` (a stage's :attr:`~jaxflow_ad.models.base.Stage.derive`) over ``split``
+    in order, through the mesh: host arrays with one row per sample."""
+    f = parallel.jit_score(mesh, fn)
+    parts = []
+    for rows, batch in _padded_batches(split, batch_size):
+        host = jax.device_get(f(state, parallel.global_batch(mesh, batch)))
+        parts.append(jax.tree_util.tree_map(lambda a, k=rows.size: np.asarray(a)[:k], host))
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+
+
 def train_category(
     method,
     config,
@@ -171,6 +184,19 @@ def train_category(
             continue
         if start == b:
             state = parallel.to_replicated(mesh, stage.init_opt(state, spe))
+        split = train
+        if stage.derive is not None:
+            t0 = time.perf_counter()
+            derived = derive_split(stage.derive, state, train, mesh, eval_bs)
+            split = train.with_samples(derived=derived)
+            log.info(
+                "%s %s: derived %s computed once in %.1f s (%.1f MB)",
+                category,
+                stage.name,
+                jax.tree_util.tree_map(np.shape, derived),
+                time.perf_counter() - t0,
+                sum(v.nbytes for v in jax.tree_util.tree_leaves(derived)) / 2**20,
+            )
         step_fn = parallel.jit_train_step(mesh, stage.train_step(spe))
         refresh = int(stage.refresh_statistics_every) * spe
         schedule = stage.learning_rate(spe) if stage.learning_rate is not None else None
@@ -187,7 +213,7 @@ def train_category(
             epoch, i = divmod(step - b, spe)
             order = np.random.default_rng([config.seed, p.index, epoch]).permutation(n)
             rng = np.random.default_rng([config.seed, p.index, step])
-            batch = stage.prepare_batch(train.take(order[i * bs : (i + 1) * bs]), rng)
+            batch = stage.prepare_batch(split.take(order[i * bs : (i + 1) * bs]), rng)
             state, m = step_fn(state, parallel.global_batch(mesh, batch), jax.random.fold_in(key, step))
             m = {name: float(v) for name, v in m.items()}  # waits for the step: also avoids the
             bar.set_postfix(loss=f"{m['loss']:.4g}", refresh=False)  # 2-core collective deadlock (environment.md)
@@ -216,7 +242,40 @@ def train_category(
     return state, timer.total
 
 
-def score_split(method, config, state, split: data_lib.Split, mesh) -> tuple[np.ndarray, np.ndarray, float]:
+def holdout_split(config, train: data_lib.Split) -> tuple[data_lib.Split, data_lib.Split | None]:
+    """``(fit, holdout)``: ``eval.threshold.holdout`` of the training images kept out of training
+    to choose the threshold on (``None`` when 0). Which images is fixed (``default_rng(0)``), the
+    same for every seed and every mode, so a resumed or evaluate-only run sees the same split."""
+    f = float(config.eval.threshold.holdout)
+    if f == 0.0:
+        return train, None
+    n = len(train)
+    if not 0.0 < f < 1.0:
+        raise ValueError(f"eval.threshold.holdout={f}: use a fraction of train/good in (0, 1), or 0 for no threshold")
+    k = max(1, int(round(f * n)))
+    if k >= n:
+        raise ValueError(f"eval.threshold.holdout={f} keeps all {n} training images of {train.category} out; lower it")
+    rows = np.sort(np.random.default_rng(0).permutation(n)[:k])
+    return train.subset(np.setdiff1d(np.arange(n), rows), "fit"), train.subset(rows, "holdout")
+
+
+def fit_threshold(method, config, state, holdout: data_lib.Split, mesh) -> dict:
+    """The image threshold: ``eval.threshold.quantile`` of the held-out normal images' scores."""
+    _, scores, _ = score_split(method, config, state, holdout, mesh, desc="threshold")
+    q = float(config.eval.threshold.quantile)
+    return {
+        "source": "holdout",
+        "images": len(holdout),
+        "quantile": q,
+        "image": metrics_lib.quantile_threshold(scores, q),
+        "holdout_median": float(np.median(scores)),
+        "holdout_max": float(np.max(scores)),
+    }
+
+
+def score_split(
+    method, config, state, split: data_lib.Split, mesh, desc: str = "evaluate"
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Anomaly maps and image scores of ``split``; inference images/s (compile excluded)."""
     bs = int(config.eval.batch_size)
     parallel.check_batch_size(bs, "eval.batch_size")
@@ -227,7 +286,7 @@ def score_split(method, config, state, split: data_lib.Split, mesh) -> tuple[np.
     jax.block_until_ready(score(state, parallel.global_batch(mesh, first), key))  # compile
     maps, scores = [], []
     t0 = time.perf_counter()
-    bar = tqdm(total=n_batches, desc="evaluate", disable=not _is_main(), leave=False, mininterval=_BAR_INTERVAL)
+    bar = tqdm(total=n_batches, desc=desc, disable=not _is_main(), leave=False, mininterval=_BAR_INTERVAL)
     for j, (_, batch) in enumerate(_padded_batches(split, bs)):
         m, s = score(state, parallel.global_batch(mesh, batch), jax.random.fold_in(key, j))
         maps.append(np.asarray(jax.device_get(m)))
@@ -239,8 +298,12 @@ def score_split(method, config, state, split: data_lib.Split, mesh) -> tuple[np.
     return np.concatenate(maps)[:n], np.concatenate(scores)[:n], n_batches * bs / seconds
 
 
-def evaluate_category(method, config, state, test: data_lib.Split, mesh) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Anomaly maps and scores of the test split; metrics; inference throughput (compile excluded)."""
+def evaluate_category(
+    method, config, state, test: data_lib.Split, mesh, threshold: dict | None = None
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Anomaly maps and scores of the test split; metrics; inference throughput (compile excluded);
+    with a ``threshold`` (:func:`fit_threshold`) also ``image_precision``, ``image_recall``,
+    ``image_f1``, ``image_false_alarm_rate`` and ``image_miss_rate`` at it."""
     maps, scores, images_per_s = score_split(method, config, state, test, mesh)
     res = config.eval.resolution
     res = res if res == "native" else int(res)
@@ -250,6 +313,10 @@ def evaluate_category(method, config, state, test: data_lib.Split, mesh) -> tupl
     result["per_defect"] = metrics_lib.evaluate_by_defect(
         test.labels, scores, test.masks, maps, test.defect_types, **protocol
     )
+    if threshold is not None:
+        at = metrics_lib.classification_at(test.labels, scores, threshold["image"])
+        result.update({f"image_{k}": at[k] for k in metrics_lib.AT_THRESHOLD_KEYS})
+        result["threshold"] = {**threshold, **{k: at[k] for k in ("tp", "fp", "fn", "tn")}}
     return result, maps, scores
 
 
@@ -278,7 +345,7 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
     cache = FeatureCache(
         cat_dir / "features", mesh, int(cfg.eval.batch_size), int(cfg.data.feature_cache_memory_mb) * 2**20
     )
-    train = reader.load_split(root, category, "train", size, resize=cfg.data.resize)
+    train, holdout = holdout_split(cfg, reader.load_split(root, category, "train", size, resize=cfg.data.resize))
     rng = jax.random.PRNGKey(cfg.seed)
     state = parallel.to_replicated(mesh, method.init(rng, example_batch(method, train)))
     ckpt = Checkpointer(cat_dir / "checkpoints")
@@ -297,10 +364,15 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
                 state = fit_statistics(method, state, train, mesh, int(cfg.eval.batch_size))
             t = cat_dir / "train_time.json"
             train_time = json.loads(t.read_text())["seconds"] if t.exists() else float("nan")
+        threshold = None
+        if holdout is not None:
+            threshold = fit_threshold(method, cfg, state, cache.attach(method.extractor, holdout), mesh)
+            if _is_main():
+                report.write_text_atomic(cat_dir / "threshold.json", json.dumps(threshold, indent=2, sort_keys=True))
         if mode == "train":
             return {"train_time_s": train_time}
         test = cache.attach(method.extractor, reader.load_split(root, category, "test", size, resize=cfg.data.resize))
-        result, maps, _ = evaluate_category(method, cfg, state, test, mesh)
+        result, maps, _ = evaluate_category(method, cfg, state, test, mesh, threshold)
         result["train_time_s"] = train_time
         writer.write(int(jax.device_get(state.step)), report.flat_scalars(result, "eval"))
         if _is_main():

@@ -108,6 +108,8 @@ def save_image(path: pathlib.Path, image: np.ndarray) -> None:
     Image.fromarray(_to_uint8(image)).save(path)
 
 
+# shown when a threshold was chosen (eval.threshold.holdout > 0)
+THRESHOLD_COLUMNS = (("image_precision", "I-P@t"), ("image_recall", "I-R@t"), ("image_f1", "I-F1@t"))
 DEFECT_COLUMNS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO"))
 
 
@@ -152,8 +154,11 @@ def mean_row(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
 
 def results_table(results: Mapping[str, Mapping[str, float]]) -> str:
     """Markdown table, one row per category and a mean row."""
-    head = "| category | " + " | ".join(c for _, c in COLUMNS) + " |"
-    rule = "|" + "---|" * (len(COLUMNS) + 1)
+    columns = COLUMNS
+    if any("image_f1" in r for r in results.values()):
+        columns = COLUMNS[:7] + THRESHOLD_COLUMNS + COLUMNS[7:]
+    head = "| category | " + " | ".join(c for _, c in columns) + " |"
+    rule = "|" + "---|" * (len(columns) + 1)
     rows = [head, rule]
 
     def fmt(r, k):
@@ -163,7 +168,7 @@ def results_table(results: Mapping[str, Mapping[str, float]]) -> str:
         return f"{v:.1f}" if k in ("train_time_s", "images_per_s") else f"{100 * v:.1f}"
 
     for cat, r in list(results.items()) + [("**mean**", mean_row(results))]:
-        rows.append(f"| {cat} | " + " | ".join(fmt(r, k) for k, _ in COLUMNS) + " |")
+        rows.append(f"| {cat} | " + " | ".join(fmt(r, k) for k, _ in columns) + " |")
     return "\n".join(rows) + "\n"
 
 
@@ -173,6 +178,11 @@ def write_summary(workdir: pathlib.Path, results: Mapping[str, Mapping[str, floa
     payload = {"categories": dict(results), "mean": mean_row(results), "config": json.loads(config_json)}
     write_text_atomic(workdir / "metrics.json", json.dumps(payload, indent=2, sort_keys=True))
     text = "AUROC/AUPRO/AP/F1 in %.\n\n" + table
+    if any("image_f1" in r for r in results.values()):
+        text += (
+            "\nI-P@t, I-R@t, I-F1@t: image precision, recall and F1 at the threshold chosen on normal "
+            "training images held out of training (<category>/threshold.json).\n"
+        )
     if any(r.get("per_defect") for r in results.values()):
         text += "\nPer defect kind (its images against the good ones):\n\n" + defect_table(results)
     write_text_atomic(workdir / "results.md", text)

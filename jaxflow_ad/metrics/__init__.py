@@ -5,7 +5,9 @@ Image level: `image_auroc`, `image_ap`, `image_f1_max`. Pixel level: `pixel_auro
 8-connected regions, exact curve, FPR limit 0.3). `evaluate` computes all of them at native
 mask resolution or at a fixed square size, from one shared sort of the pixels (pixel
 metrics equal scikit-learn's to ~1e-12, at a quarter of its memory); `resize_maps` /
-`resize_masks` do the resizing. Generic 1-D versions: `average_precision`, `f1_max`.
+`resize_masks` do the resizing. Generic 1-D versions: `average_precision`, `f1_max`. At a fixed threshold:
+`quantile_threshold` (on normal images' scores) and `classification_at` (precision, recall,
+F1, false-alarm and miss rates).
 Undefined metrics raise ValueError, except AUPRO without regions or background, which
 returns 0.0 with a `DegenerateMetricWarning`.
 """
@@ -25,8 +27,12 @@ from jaxflow_ad.metrics.classification import (
 )
 from jaxflow_ad.metrics.evaluate import DEFECT_KEYS, METRIC_KEYS, evaluate, evaluate_by_defect
 from jaxflow_ad.metrics.resize import resize_maps, resize_masks
+from jaxflow_ad.metrics.threshold import AT_THRESHOLD_KEYS, classification_at, quantile_threshold
 
 __all__ = [
+    "AT_THRESHOLD_KEYS",
+    "classification_at",
+    "quantile_threshold",
     "DegenerateMetricWarning",
     "METRIC_KEYS",
     "area_up_to",

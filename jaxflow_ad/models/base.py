@@ -132,6 +132,12 @@ class Stage:
       param_ema: decay of an exponential moving average of the trained parameters (0: off),
         kept in ``model_state["param_ema"]`` from the stage's start; :func:`eval_params` gives
         it to scoring and statistics (Polyak averaging of the last ~1/(1-decay) iterates).
+      derive: optionally a pure global ``(state, batch) -> {name: [B, ...]}`` of parts that
+        this stage keeps frozen (NF-BMR's flow outputs in its mapping stage). The engine runs
+        it once over the training split when the stage starts (or resumes), keeps the result
+        on the host beside the extractor features, and every batch of the stage carries it as
+        ``batch["derived"][name]``: a frozen network is not run again every step. It sees the
+        split's samples unaugmented, so it suits stages that do not augment them.
     """
 
     name: str
@@ -144,6 +150,7 @@ class Stage:
     refresh_statistics_every: int = 0
     learning_rate: Callable[[int], optax.Schedule] | None = None
     param_ema: float = 0.0
+    derive: Callable[[State, Batch], dict] | None = None
 
     def tx(self, params: PyTree, steps_per_epoch: int) -> optax.GradientTransformation:
         """The optimizer restricted to the trainable parameters."""

@@ -39,14 +39,20 @@ def l2_normalize_channels(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(norm, eps)
 
 
-def mapping_loss(y: jax.Array, z: jax.Array, y_hat: jax.Array, z_hat: jax.Array) -> jax.Array:
-    """``loss^s + loss^T`` (Eq. 11-13): the mean squared error of each reconstruction, summed.
+def mapping_terms(y: jax.Array, z: jax.Array, y_hat: jax.Array, z_hat: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(loss^s, loss^T)`` (Eq. 11, 12): the mean squared error of each reconstruction.
 
-    Each term is ``||.||^2 / (w h c)`` per sample (Eq. 11, 12), averaged over the
-    batch (the paper is silent on the batch; B-PFM takes the mean), i.e. the
-    mean over all elements.
+    Each term is ``||.||^2 / (w h c)`` per sample, averaged over the batch (the
+    paper is silent on the batch; B-PFM takes the mean), i.e. the mean over all
+    elements.
     """
-    return jnp.mean((y - y_hat) ** 2) + jnp.mean((z - z_hat) ** 2)
+    return jnp.mean((y - y_hat) ** 2), jnp.mean((z - z_hat) ** 2)
+
+
+def mapping_loss(y: jax.Array, z: jax.Array, y_hat: jax.Array, z_hat: jax.Array) -> jax.Array:
+    """``loss^s + loss^T`` (Eq. 13): :func:`mapping_terms` summed."""
+    loss_s, loss_t = mapping_terms(y, z, y_hat, z_hat)
+    return loss_s + loss_t
 
 
 def mapping_anomaly_map(y: jax.Array, z: jax.Array, y_hat: jax.Array, z_hat: jax.Array) -> jax.Array:

@@ -130,3 +130,36 @@ def test_a_checkpoint_from_before_the_contract_is_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match="before the method contract.*new --workdir"):
         ck.restore(target)
     ck.close()
+
+
+def test_threshold_on_held_out_normal_images(tmp_path):
+    """``eval.threshold.holdout``: a fixed quarter of train/good kept out of training (and of the
+    statistics), the threshold a quantile of their scores, decisions on the test split counted."""
+    from jaxflow_ad.engine.loop import holdout_split
+
+    cfg = toy.get_config()
+    cfg.eval.threshold.holdout = 0.25
+    cfg.eval.threshold.quantile = 1.0
+    cfg.train.epochs_fit = 1
+    train = toy._split("toy", "train")
+    fit, held = holdout_split(cfg, train)
+    again, held_again = holdout_split(cfg, train)
+    assert len(held) == 2 and len(fit) == 6 and held.paths == held_again.paths and fit.paths == again.paths
+    assert not set(held.paths) & set(fit.paths) and sorted(held.paths + fit.paths) == train.paths
+    assert len({fit.fingerprint(), held.fingerprint(), train.fingerprint()}) == 3  # no shared feature cache entry
+
+    result = engine.run(cfg, tmp_path, "all")["toy"]
+    thr = json.loads((tmp_path / "toy" / "threshold.json").read_text())
+    assert thr["images"] == 2 and thr["quantile"] == 1.0 and thr["image"] == thr["holdout_max"]
+    _, stats = _saved(tmp_path, 3 * 2 + 1)  # align: 6 images / batch 2 = 3 steps x 2 epochs; fit: 1 step
+    assert int(stats["count"]) == 6  # statistics fitted without the held-out images
+    t = result["threshold"]
+    assert t["tp"] + t["fn"] == 4 and t["fp"] + t["tn"] == 4 and t["image"] == thr["image"]
+    assert result["image_false_alarm_rate"] == t["fp"] / 4 and result["image_recall"] == t["tp"] / 4
+    assert "I-F1@t" in (tmp_path / "results.md").read_text()
+    again = engine.run(cfg, tmp_path, "eval")["toy"]  # evaluate-only: the same images held out, the same threshold
+    assert again["threshold"]["image"] == thr["image"] and again["image_f1"] == result["image_f1"]
+
+    cfg.eval.threshold.holdout = 1.0
+    with pytest.raises(ValueError, match="eval.threshold.holdout"):
+        holdout_split(cfg, train)

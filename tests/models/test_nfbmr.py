@@ -208,6 +208,42 @@ def test_cached_and_uncached_features_give_the_same_losses(bmr, tmp_path):
     assert float(method.mapping_loss(state.params, state, direct, None)[0]) > 0
 
 
+def test_cached_flow_outputs_give_the_same_mapping_step(bmr):
+    """Stage 2's ``z`` computed once by the engine (``Stage.derive``) equals the flow's output, and a
+    step on it moves the mapping networks as a step that runs the flow does."""
+    from jaxflow_ad.engine import loop, parallel
+
+    method, batch = bmr
+    state = _perturbed_flow(_init(method, batch))
+    stage = method.stages[1]
+    assert stage.name == "mapping" and stage.derive is not None
+    n = len(batch["image"])
+    split = data.Split(
+        samples={"image": batch["image"], "features": batch["features"]},
+        masks=[np.zeros((SIZE, SIZE), bool)] * n,
+        labels=np.zeros(n, np.int32),
+        defect_types=["good"] * n,
+        paths=[f"train/{i}.png" for i in range(n)],
+        split="train",
+        category="toy",
+    )
+    derived = loop.derive_split(stage.derive, state, split, parallel.make_mesh(), 3)  # 2 batches, one padded
+    z, _ = method.flow.forward(state.params["flow"], jnp.asarray(batch["features"][method.tap]))
+    np.testing.assert_allclose(derived["z"], z, rtol=1e-5, atol=1e-6)
+    cached = split.with_samples(derived=derived).take(np.arange(n))
+    assert "derived" in method.prepare_batch(cached, np.random.default_rng(0))
+    s_cached, m_cached = _step(method, 1, state, cached)
+    s_direct, m_direct = _step(method, 1, state, batch)
+    np.testing.assert_allclose(float(m_cached["loss"]), float(m_direct["loss"]), rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(s_cached.params), jax.tree_util.tree_leaves(s_direct.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # no cache when switched off, or when an augmentation would make the cached z stale
+    assert nfbmr.NFBMR(_config(cache_flow_outputs=False)).stages[1].derive is None
+    flipped = _config()
+    flipped.data.augment = "flip_rot90"
+    assert nfbmr.NFBMR(flipped).stages[1].derive is None
+
+
 def test_flow_only_ablation_has_one_stage_and_scores_z():
     method = nfbmr.NFBMR(_config(score="flow_only"))
     batch = _batch(method, _images())
@@ -296,6 +332,11 @@ def test_nfbmr_smoke_end_to_end(tmp_path):
     assert summary["mean"]["pixel_auroc"] >= 0.70, summary["mean"]
     logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert any("train/flow/loss" in r for r in logged) and any("train/mapping/loss" in r for r in logged)
+    assert "mapping: derived {'z'" in proc.stderr  # stage 2 read the flow outputs computed once
+    for cat, r in summary["categories"].items():  # decisions at the threshold of the held-out normal images
+        t = json.loads((run / cat / "threshold.json").read_text())
+        assert t["images"] == 6 and r["threshold"]["image"] == t["image"]  # 10% of the 60 train/good
+        assert r["threshold"]["fp"] + r["threshold"]["tn"] > 0 and 0.0 <= r["image_f1"] <= 1.0
     for cat in ("gravel", "coin"):
         assert list((run / cat / "checkpoints").iterdir())
         assert list((run / cat / "heatmaps").glob("*.png"))
