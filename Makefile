@@ -39,7 +39,7 @@ test-slow: setup-test
 test-torch:
 	test -x $(TORCH_VENV)/bin/python || ($(PYTHON) -m venv $(TORCH_VENV) && $(TORCH_VENV)/bin/pip install -q -U pip)
 	$(TORCH_VENV)/bin/pip install -q -e '.[test,torch]'
-	$(TORCH_VENV)/bin/python -m pytest -q -m torch tests/backbones tests/third_party
+	$(TORCH_VENV)/bin/python -m pytest -q -m torch tests/backbones tests/third_party tests/models/test_optim.py
 
 bench: setup
 	$(BIN)/python benchmarks/pyramidflow_speed.py

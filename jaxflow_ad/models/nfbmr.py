@@ -98,6 +98,7 @@ import optax
 from jaxflow_ad.flows.glow import GlowBlock, nfbmr_nll
 from jaxflow_ad.flows.reversible import chain_forward
 from jaxflow_ad.models.base import Method, Stage, State, eval_params
+from jaxflow_ad.models.optim import torch_adam
 from jaxflow_ad.nn.mapping import (
     BidirectionalMapping,
     DualProjection,
@@ -121,15 +122,12 @@ def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
 
 
 def adam_l2(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """PyTorch ``Adam(lr, betas, eps, weight_decay)``: the decay is added to the gradient before
-    Adam (coupled L2), optionally after clipping the global gradient norm (``clip_norm > 0``)."""
-    parts = [optax.clip_by_global_norm(float(cfg.clip_norm))] if float(cfg.get("clip_norm", 0.0)) > 0 else []
-    parts += [
-        optax.add_decayed_weights(float(cfg.weight_decay)),
-        optax.scale_by_adam(b1=float(cfg.b1), b2=float(cfg.b2), eps=float(cfg.eps)),
-        optax.scale(-float(cfg.lr)),
-    ]
-    return optax.chain(*parts)
+    """PyTorch ``Adam(lr, betas, eps, weight_decay)`` (coupled L2, :func:`~jaxflow_ad.models.optim.torch_adam`),
+    optionally after clipping the global gradient norm (``clip_norm > 0``)."""
+    clip = float(cfg.get("clip_norm", 0.0))
+    return torch_adam(
+        cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, clip_norm=clip if clip > 0 else None
+    )
 
 
 def load_source(b: ml_collections.ConfigDict):

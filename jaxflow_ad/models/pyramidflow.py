@@ -61,6 +61,7 @@ from jaxflow_ad.flows import pyramid as pyr
 from jaxflow_ad.flows.pyramid_coupling import PyramidCoupling, pyramid_schedule
 from jaxflow_ad.flows.reversible import chain_forward, chain_inverse
 from jaxflow_ad.models.base import Method, Stage, State, eval_params, to_float
+from jaxflow_ad.models.optim import torch_adam
 from jaxflow_ad.models.statistics import StreamingMean
 from jaxflow_ad.nn.conv import resolve_impl
 from jaxflow_ad.spectral.fourier_loss import mean_abs_fft2
@@ -304,12 +305,13 @@ def make_optimizer(
     with *coupled* L2 weight decay 1e-5 (torch ``Adam(weight_decay=...)``), no schedule
     (optionally annealed at the end: :func:`lr_schedule`)."""
     schedule = lr_schedule(cfg, epochs, steps_per_epoch)
-    last = optax.scale(-cfg.lr) if schedule is None else optax.scale_by_learning_rate(schedule)
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.clip_norm),
-        optax.add_decayed_weights(cfg.weight_decay),
-        optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
-        last,
+    return torch_adam(
+        cfg.lr if schedule is None else schedule,
+        b1=cfg.b1,
+        b2=cfg.b2,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        clip_norm=cfg.clip_norm,
     )
 
 
