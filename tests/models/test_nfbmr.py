@@ -363,7 +363,8 @@ def _builtin_as_dagm(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
         (folder / "Label" / "Labels.txt").write_text("\n".join(lines) + "\n")
 
     def defective(kind):
-        return [(p, src / "ground_truth" / kind / f"{p.stem}_mask.png") for p in sorted((src / "test" / kind).glob("*.png"))]
+        images = sorted((src / "test" / kind).glob("*.png"))
+        return [(p, src / "ground_truth" / kind / f"{p.stem}_mask.png") for p in images]
 
     kinds = sorted(d.name for d in (src / "test").iterdir() if d.name != "good")
     test = [(p, None) for p in sorted((src / "test" / "good").glob("*.png"))]
