@@ -64,12 +64,28 @@ engine's extraction and scoring batch). The closing estimate of a whole
 training run uses the config's epochs and ``--train-images`` (60 for the
 built-in categories; MVTec AD has 60 to 391 per category).
 
-Measured here only at the smoke size (``--config smoke --steps 3``; 2-core Intel
-Xeon VM, CPU, JAX 0.10.2, load average ~5 from other runs: a check that the
-script works, not a measurement of the method): extractor 236 img/s; flow step
-0.0096 s cached / 0.0423 s without the cache; mapping step 0.0164 / 0.0428 s;
-scoring 1003 / 173 img/s; peak RSS 422 MB. Neither the default variant at 384
-nor the paper setting (GPU) has been run with this script yet.
+Measured on the development machine (2-core Intel Xeon VM, CPU only, JAX 0.10.2,
+idle but for this script), the default variant with the converted Lite0 weights,
+``.venv/bin/python benchmarks/nfbmr_speed.py --json runs/nfbmr_speed_cpu.json``
+(1 warm-up + 5 timed calls per row, 66 s in all)::
+
+    | row                      | batch | compile s | median s | img/s  | step MB | XLA MB |
+    |--------------------------|-------|-----------|----------|--------|---------|--------|
+    | extract                  |     8 |      0.66 |   1.8964 |   4.22 |     792 |  148.4 |
+    | flow cached              |     8 |      1.11 |   0.1910 |  41.89 |     609 |  125.3 |
+    | flow no cache            |     8 |      1.77 |   2.0953 |   3.82 |     803 |  273.7 |
+    | mapping cached           |     8 |      1.48 |   0.0601 | 133.11 |     587 |   77.2 |
+    | mapping features-cached  |     8 |      1.72 |   0.1191 |  67.20 |     617 |   60.0 |
+    | mapping no cache         |     8 |      2.37 |   1.9841 |   4.03 |     847 |  208.4 |
+    | score cached             |     8 |      0.42 |   0.0716 | 111.78 |     631 |   35.5 |
+    | score no cache           |     8 |      1.08 |   1.9179 |   4.17 |     876 |  183.9 |
+
+Lite0 block14 features [12, 12, 192]; parameters: extractor 4.69 M (frozen), flow
+5.31 M, mapping 0.83 M; process peak RSS 876 MB. The feature cache makes a flow
+step 11x and a mapping step 33x faster; the cached flow outputs halve the mapping
+step (0.060 s against 0.119 s). Estimated training for 60 images and 40 + 40
+epochs: 84.5 s with the caches, 19.0 min without. The paper setting (B5 at 768)
+has not been run: no GPU was lent to the sessions that built this.
 """
 
 from __future__ import annotations
@@ -483,7 +499,7 @@ def main() -> None:
         "XLA's memory analysis of the row's executables"
     )
     print(HEAD)
-    print("|" + "|".join("-" * (w + 2) for w in (16, 5, 9, 9, 8, 8, 8, 8)) + "|", flush=True)
+    print("|" + "|".join("-" * (w + 2) for w in (24, 5, 9, 9, 8, 8, 8, 8)) + "|", flush=True)
     if a.isolate:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(d for d in (root, os.environ.get("PYTHONPATH")) if d))
