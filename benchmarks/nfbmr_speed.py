@@ -85,7 +85,16 @@ Lite0 block14 features [12, 12, 192]; parameters: extractor 4.69 M (frozen), flo
 step 11x and a mapping step 33x faster; the cached flow outputs halve the mapping
 step (0.060 s against 0.119 s). Estimated training for 60 images and 40 + 40
 epochs: 84.5 s with the caches, 19.0 min without. The paper setting (B5 at 768)
-has not been run: no GPU was lent to the sessions that built this.
+has not been run on a GPU: none was lent to the sessions that built this. On this
+CPU it was timed with random B5 weights (``--config paper --random-backbone
+--steps 3 --warmup 1``, 10 min 49 s; the rows from ``mapping cached`` on ran
+beside other jobs, load average up to 3, so they are upper bounds): extraction
+15.9 s per batch of 4 (0.25 img/s); flow step 5.76 s cached / 39.0 s without the
+cache; mapping step 5.35 s (min 3.54) on cached flow outputs, 6.39 s running the
+flow, 45.2 s without any cache; scoring 1.81 s / 21.7 s per batch of 4; features
+[24, 24, 304]; parameters: extractor 17.7 M, flow 33.6 M, mapping 11.3 M; peak
+RSS 1.8 GB. 300 + 300 epochs on 60 images would take about 6.5 hours here with
+the caches (49 hours without): the paper setting wants a GPU.
 """
 
 from __future__ import annotations
