@@ -332,15 +332,21 @@ def list_texture_files(root: str) -> tuple[str, ...]:
 
 
 def load_texture(path: str, size: tuple[int, int]) -> np.ndarray:
-    """One texture file as float32 RGB ``[H, W, 3]`` in [0, 1], resized bilinearly to ``size = (H, W)``."""
+    """One texture file as float32 RGB ``[H, W, 3]`` in [0, 1], resized bilinearly to ``size = (H, W)``.
+
+    The file is decoded as the dataset readers decode images
+    (:func:`jaxflow_ad.data.imageio.read_image`: grayscale on three channels,
+    alpha ignored, 16-bit scaled to 8 bits).
+
+    Raises:
+      DatasetError: naming the file, if it cannot be decoded or has no exact 8-bit reading (e.g. a float TIFF).
+    """
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im, np.float32) / 255.0
-    except OSError as e:
-        raise OSError(f"cannot read texture image {path!r}: {e}") from e
+    from .imageio import read_image
+
+    im = read_image(path, what="texture image").resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(im, np.float32) / 255.0
 
 
 # --------------------------------------------------------------------------- the two anomaly kinds

@@ -14,7 +14,9 @@ skipped (a UTF-8 byte order mark is allowed); every other line is one image:
 ``index, defective flag (0/1), image file name, 0, label file name`` where the
 last column is ``0`` or absent for normal images. Images are 8-bit grayscale
 and are read as RGB with three equal channels; masks (coarse ellipses, 0/255)
-are binarised with ``> 0``.
+are binarised with ``> 0``. Pixels are decoded as for MVTec AD
+(:mod:`~jaxflow_ad.data.imageio`), so a re-saved 16-bit grayscale image is
+scaled to 8 bits (65535 -> 255), not clipped.
 
 What this reader does beyond reading files:
 
@@ -339,6 +341,10 @@ def load_split(
 
     Raises:
       DatasetError: on any missing, unreadable or inconsistent file.
+
+    As for MVTec AD, images in different modes or native sizes and defective
+    images with an empty mask are logged as warnings on the ``jaxflow_ad``
+    logger, naming the files.
     """
     _check_load_args(image_size, resize)
     scan = scan_split(root, category, split)

@@ -35,6 +35,9 @@ class Reader:
       splits: the split names ``load_split`` accepts.
       list_categories: ``(root) -> list[str]``, the categories under a root.
       load_split: ``(root, category, split, image_size) -> Split``.
+      scan: optionally ``(root, category, split) -> anything``: the layout, labels and masks of a
+        split checked without decoding pixels (raises ``DatasetError``); the engine scans every
+        category's splits before the first training step and reports all problems at once.
     """
 
     name: str
@@ -43,6 +46,7 @@ class Reader:
     splits: tuple[str, ...]
     list_categories: Callable[[str | os.PathLike], list[str]]
     load_split: Callable[..., Split]
+    scan: Callable[..., object] | None = None
 
     def __post_init__(self):
         # A registration mistake should fail at import, not in the middle of a run.
@@ -63,6 +67,7 @@ LAYOUTS: dict[str, Reader] = {
         splits=mvtec.SPLITS,
         list_categories=mvtec.list_categories,
         load_split=mvtec.load_split,
+        scan=mvtec.scan_split,
     ),
     "dagm": Reader(
         name="dagm",
@@ -71,6 +76,7 @@ LAYOUTS: dict[str, Reader] = {
         splits=mvtec.SPLITS,
         list_categories=dagm.list_categories,
         load_split=dagm.load_split,
+        scan=dagm.scan_split,
     ),
 }
 

@@ -10,12 +10,19 @@ The layout (Bergmann et al., CVPR 2019; the public archive)::
 Numbering restarts in every folder, so a sample is identified by
 ``(split, defect_type, stem)``, never by its stem alone. Good images have no
 mask file; their mask is all False at the image's native size. Masks are
-binarised with ``> 0`` (the archive stores 0/255, other tools write 0/1).
+binarised with ``> 0`` at the file's full bit depth (the archive stores 0/255,
+other tools write 0/1). Pixels are decoded by :mod:`~jaxflow_ad.data.imageio`:
+every image becomes 8-bit RGB (grayscale on three channels, alpha ignored,
+16-bit scaled by the fixed range 65535 -> 255); float images raise.
 
 Everything that looks wrong raises one :class:`DatasetError` naming the file
 and the fix; nothing is skipped silently. The only files ignored are hidden
 ones (names starting with ``.``) and loose files directly under the root or a
 category folder (the archive ships ``license.txt`` and ``readme.txt`` there).
+What is harmless but maybe unintended is logged as a warning on the
+``jaxflow_ad`` logger, naming the files: images of one split in different
+modes (e.g. grayscale and RGB) or native sizes, and defect images whose mask
+is empty.
 """
 
 from __future__ import annotations
@@ -23,15 +30,18 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import logging
 import os
 import pathlib
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 
+# DatasetError is defined next to the pixel decoding and is re-exported here, where it always was.
+from .imageio import DatasetError, read_image, read_mask, read_rgb
 from .resize import check_resize, resize_image
 
 __all__ = [
@@ -75,13 +85,11 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "test")
 GOOD = "good"
 MASK_SUFFIX = "_mask"
+# How many files the warnings about a split name at most: per mode or size, and of the empty masks.
+WARN_EXAMPLES_PER_KIND = 3
+WARN_EMPTY_MASKS = 5
 
-
-class DatasetError(ValueError):
-    """A dataset folder or file is missing, unreadable or inconsistent.
-
-    The message names the offending path and says how to fix it.
-    """
+log = logging.getLogger("jaxflow_ad")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,9 +161,11 @@ class Split:
     Attributes:
       samples: per-sample arrays, each with leading dimension N, keyed by
         modality. ``"image"`` is always there: uint8 [N, S, S, 3], resized to
-        ``image_size`` with PIL bilinear, grayscale files converted to RGB.
-        Images stay uint8 because float32 would take 4x the memory for no
-        information (the files are 8-bit); models convert per batch. Other
+        ``image_size`` with PIL bilinear, decoded to 8-bit RGB by
+        :func:`~jaxflow_ad.data.imageio.read_image` (grayscale on three
+        channels, 16-bit files scaled to 8 bits). Images stay uint8 because
+        float32 would take 4x the memory for no information the models use;
+        models convert per batch. Other
         readers add e.g. ``"xyz"`` float32 [N, S, S, 3], ``"depth"``
         [N, S, S], ``"foreground"`` bool [N, S, S]; a value may itself be a
         dict of arrays (``samples["features"] = {tap: float32 [N, h, w, c]}``).
@@ -534,43 +544,20 @@ def scan_split(root: str | os.PathLike, category: str, split: str) -> list[Recor
 # Reading pixels
 
 
-def _open(path: pathlib.Path, what: str) -> Image.Image:
-    try:
-        im = Image.open(path)
-        im.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(
-            f"Cannot read the {what} {path}: {type(e).__name__}: {e}. The file "
-            "is corrupt, truncated or not an image; replace it with a good "
-            "copy (re-extract the archive) or remove it."
-        ) from e
-    return im
+class _Loaded(NamedTuple):
+    """What :func:`_load_one` read for one record."""
+
+    image: np.ndarray  # uint8 [S, S, 3], or [H, W, 3] at the native size
+    mask: np.ndarray  # bool [H, W]
+    stats: list[tuple[int, int]]  # (size, mtime_ns) of the image, and of the mask if any
+    mode: str  # the image file's mode as decoded (imageio.read_rgb), e.g. "L" or "RGB"
+    native: tuple[int, int]  # the image's native (H, W)
 
 
-def read_image(path: str | os.PathLike) -> Image.Image:
-    """An RGB PIL image (grayscale, palette and RGBA converted)."""
-    im = _open(pathlib.Path(path), "image")
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """A bool [H, W] mask: a pixel is defective if any colour channel is
-    nonzero (an alpha channel is ignored; palette images are expanded)."""
-    im = _open(pathlib.Path(path), "mask")
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    a = np.asarray(im)
-    if im.mode in ("RGBA", "LA", "La", "RGBa"):
-        a = a[..., :-1]
-    if a.ndim == 3:
-        a = a.any(axis=-1)
-    return a > 0
-
-
-def _load_one(rec: Record, image_size: int | None, resize: str = "pil_bilinear"):
-    """(uint8 image, bool mask, [(size, mtime_ns) of the image, and of the mask if any])."""
+def _load_one(rec: Record, image_size: int | None, resize: str = "pil_bilinear") -> _Loaded:
+    """Read the image (and mask) of one record, resized to ``image_size`` unless None."""
     stats = [stat_file(rec.image_path)]
-    im = read_image(rec.image_path)
+    im, mode = read_rgb(rec.image_path)
     native = (im.height, im.width)
     arr = np.asarray(im, dtype=np.uint8) if image_size is None else resize_image(im, image_size, resize)
     if rec.mask_path is None:
@@ -584,7 +571,59 @@ def _load_one(rec: Record, image_size: int | None, resize: str = "pil_bilinear")
                 f"(WxH) but its image {rec.image_path} is {native[1]}x{native[0]}. "
                 "A mask must have its image's size; regenerate or replace it."
             )
-    return arr, mask, stats
+    return _Loaded(arr, mask, stats, mode, native)
+
+
+def _kinds(values: list[str], paths: list[pathlib.Path]) -> str:
+    """``"4 RGB (e.g. a, b, c); 1 L (e.g. d)"``: each distinct value, most frequent first, with its
+    count and up to :data:`WARN_EXAMPLES_PER_KIND` of its files."""
+    by_value: dict[str, list[pathlib.Path]] = {}
+    for value, path in zip(values, paths):
+        by_value.setdefault(value, []).append(path)
+    parts = []
+    for value, files in sorted(by_value.items(), key=lambda kv: -len(kv[1])):  # stable: ties in first-seen order
+        shown = ", ".join(str(f) for f in files[:WARN_EXAMPLES_PER_KIND])
+        parts.append(f"{len(files)} {value} (e.g. {shown}{', ...' if len(files) > WARN_EXAMPLES_PER_KIND else ''})")
+    return "; ".join(parts)
+
+
+def _warn_surprises(records: list[Record], loaded: list[_Loaded], where: str, image_size: int | None) -> None:
+    """Log a warning, naming files, for what is harmless but maybe unintended in a split: images in
+    different modes, images of different native sizes (resized to one size) and defect images with an
+    empty mask. At most one warning of each kind per split."""
+    paths = [r.image_path for r in records]
+    modes = [x.mode for x in loaded]
+    if len(set(modes)) > 1:
+        log.warning(
+            "Images of %s do not all have the same mode: %s. Every image is read as 8-bit RGB (grayscale on "
+            "three channels, alpha ignored, 16-bit scaled to 8 bits), so this is harmless if intended; if not, "
+            "convert the files to one mode.",
+            where,
+            _kinds(modes, paths),
+        )
+    sizes = [f"{w}x{h}" for h, w in (x.native for x in loaded)]
+    if len(set(sizes)) > 1 and image_size is not None:
+        log.warning(
+            "Images of %s do not all have the same native size (WxH): %s. All are resized to %dx%d, which "
+            "scales them differently (the aspect ratio is not kept); if not intended, crop or resize the "
+            "files to one size.",
+            where,
+            _kinds(sizes, paths),
+            image_size,
+            image_size,
+        )
+    empty = [r for r, x in zip(records, loaded) if r.mask_path is not None and not x.mask.any()]
+    if empty:
+        shown = ", ".join(f"{r.image_path} (mask {r.mask_path.name})" for r in empty[:WARN_EMPTY_MASKS])
+        more = f" and {len(empty) - WARN_EMPTY_MASKS} more" if len(empty) > WARN_EMPTY_MASKS else ""
+        log.warning(
+            "%d defect image(s) of %s have an all-zero mask: %s%s. They count as defective for image-level "
+            "metrics but add no defective pixel to pixel-level ones; check that the masks are right.",
+            len(empty),
+            where,
+            shown,
+            more,
+        )
 
 
 def load_split(
@@ -616,7 +655,12 @@ def load_split(
       sizes and times as read.
 
     Raises:
-      DatasetError: on any missing, unreadable or inconsistent file.
+      DatasetError: on any missing, unreadable or inconsistent file, or an
+        image whose pixels have no exact 8-bit reading (e.g. float TIFF).
+
+    Images in different modes or native sizes and defect images with an empty
+    mask are read, and logged as one warning of each kind per split on the
+    ``jaxflow_ad`` logger, naming the files.
     """
     _check_load_args(image_size, resize)
     return _load_records(scan_split(root, category, split), category, split, image_size, resize, num_workers)
@@ -646,8 +690,8 @@ def _load_records(
     else:
         loaded = [_load_one(r, image_size, resize) for r in records]
     if image_size is None:
-        first = loaded[0][0].shape
-        for rec, (a, _, _) in zip(records, loaded):
+        first = loaded[0].image.shape
+        for rec, a in zip(records, (x.image for x in loaded)):
             if a.shape != first:
                 raise DatasetError(
                     f"Images of {category}/{split} differ in size: "
@@ -655,8 +699,9 @@ def _load_records(
                     f"{records[0].image_path} is {first[1]}x{first[0]}. Pass "
                     "image_size=S to resize them all to SxS."
                 )
+    _warn_surprises(records, loaded, f"{category}/{split}", image_size)
     # One uint8 copy of the pixels, as decoded: float32 would be 4x the memory.
-    images = np.stack([a for a, _, _ in loaded])
+    images = np.stack([x.image for x in loaded])
     files = []
     for r in records:
         files.append(str(r.image_path))
@@ -664,12 +709,12 @@ def _load_records(
             files.append(str(r.mask_path))
     return Split(
         samples={"image": images},
-        masks=[m for _, m, _ in loaded],
+        masks=[x.mask for x in loaded],
         labels=np.array([r.label for r in records], dtype=np.int32),
         defect_types=[r.defect_type for r in records],
         paths=[str(r.image_path) for r in records],
         split=split,
         category=category,
         files=files,
-        file_stats=[st for _, _, stats in loaded for st in stats],
+        file_stats=[st for x in loaded for st in x.stats],
     )

@@ -29,6 +29,7 @@ sees.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -45,9 +46,11 @@ from jaxflow_ad import data as data_lib
 from jaxflow_ad import metrics as metrics_lib
 from jaxflow_ad import models
 from jaxflow_ad.engine import parallel, report
-from jaxflow_ad.engine.checkpoint import Checkpointer
+from jaxflow_ad.engine import workdir as workdir_lib
+from jaxflow_ad.engine.checkpoint import Checkpointer, model_signature
 from jaxflow_ad.engine.features import FeatureCache
 from jaxflow_ad.engine.writers import ScalarWriter
+from jaxflow_ad.errors import CheckpointError, ConfigError, TrainingDiverged
 from jaxflow_ad.models import base
 
 log = logging.getLogger("jaxflow_ad")
@@ -68,6 +71,8 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, list[
         root = data_lib.ensure_builtin()
         available = list(data_lib.BUILTIN_CATEGORIES)
     wanted = [c.strip() for c in str(config.data.categories).split(",") if c.strip()]
+    if not available:
+        raise data_lib.DatasetError(_no_categories(root, config.data.layout))
     if not wanted:
         return root, available
     missing = [c for c in wanted if c not in available]
@@ -76,6 +81,29 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, list[
             f"config key data.categories names {missing}, not found under {root}; available: {available}"
         )
     return root, wanted
+
+
+def _no_categories(root: pathlib.Path, layout: str) -> str:
+    """The message for a root with no category of ``layout``, with where the categories are if the root
+    is one level too high or too deep."""
+    reader = data_lib.get_reader(layout)
+
+    def cats(path):
+        try:
+            return reader.list_categories(path)
+        except data_lib.DatasetError:
+            return []
+
+    hint = ""
+    deeper = [p for p in sorted(root.iterdir()) if p.is_dir() and cats(p)]
+    if deeper:
+        hint = f" The categories are one level deeper: use --config.data.root={deeper[0]}"
+    elif cats(root.parent):
+        hint = f" {root.name} itself looks like a category: use --config.data.root={root.parent}"
+    return (
+        f"config key data.root={root} holds no category in the {layout!r} layout (data.layout); expected one "
+        f"sub-folder per category.{hint}"
+    )
 
 
 class _Timer:
@@ -117,7 +145,19 @@ def plan_stages(method, config, num_train: int, category: str) -> list[StagePlan
         parallel.check_batch_size(bs, key)
         spe = num_train // bs
         if spe == 0:
-            raise ValueError(f"{key}={bs} is larger than the {num_train} training images of {category}; lower it")
+            raise ConfigError(f"{key}={bs} is larger than the {num_train} training images of {category}; lower it")
+        if num_train % bs:
+            log.warning(
+                "%s: stage %s uses %d of the %d training images per epoch (%s=%d does not divide it); the %d left "
+                "out change every epoch (the order is reshuffled)",
+                category,
+                stage.name,
+                spe * bs,
+                num_train,
+                key,
+                bs,
+                num_train % bs,
+            )
         plans.append(StagePlan(k, stage, bs, spe, begin, begin + stage.epochs * spe))
         begin += stage.epochs * spe
     return plans
@@ -155,6 +195,45 @@ def derive_split(fn, state, split: data_lib.Split, mesh, batch_size: int) -> dic
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
 
 
+def restore_newest(ckpt: Checkpointer, plans: list[StagePlan], state):
+    """``(state, step)`` of the newest readable checkpoint (restored into the optimizer structure of the
+    stage the step belongs to), or ``None``."""
+    last = plans[-1].end
+
+    def target(step):
+        if step > last:
+            raise CheckpointError(
+                f"{ckpt.directory} holds step {step}, past the {last} steps this config trains: it was made with "
+                "more epochs or a smaller batch. Train into a new --workdir, or use the config it was made with."
+            )
+        p = next(p for p in plans if step <= p.end)
+        return p.stage.init_opt(state, p.steps_per_epoch)
+
+    return ckpt.restore_newest(target)
+
+
+def check_data(config, root: pathlib.Path, categories: list[str]) -> None:
+    """Every category's splits scanned (layout, labels, masks; no pixels) before any training: one
+    DatasetError listing every problem found, not one per rerun."""
+    reader = data_lib.get_reader(config.data.layout)
+    if reader.scan is None:
+        return
+    problems = []
+    for category in categories:
+        for split in reader.splits:
+            try:
+                reader.scan(root, category, split)
+            except data_lib.DatasetError as e:
+                problems.append(f"{category}/{split}: {e}")
+    if len(problems) == 1:
+        raise data_lib.DatasetError(problems[0])
+    if problems:
+        raise data_lib.DatasetError(
+            f"{len(problems)} problems in the data under {root}, fix them all before training:\n"
+            + "\n".join(f"  {i + 1}. {p}" for i, p in enumerate(problems))
+        )
+
+
 def train_category(
     method,
     config,
@@ -171,10 +250,11 @@ def train_category(
     plans = plan_stages(method, config, n, category)
     eval_bs = int(config.eval.batch_size)
     stats_fn = parallel.jit_score(mesh, method.statistics_batch) if method.has_statistics else None
-    start = ckpt.latest_step() or 0
-    if start:
-        p = next(p for p in plans if start <= p.end)
-        state = parallel.to_replicated(mesh, ckpt.restore(p.stage.init_opt(state, p.steps_per_epoch), start))
+    start = 0
+    found = restore_newest(ckpt, plans, state)
+    if found is not None:
+        restored, start = found
+        state = parallel.to_replicated(mesh, restored)
         log.info("%s: resumed from step %d (%s)", category, start, ckpt.directory)
     timer = _Timer(cat_dir / "train_time.json")
     key = jax.random.PRNGKey(config.seed)
@@ -213,15 +293,21 @@ def train_category(
             epoch, i = divmod(step - b, spe)
             order = np.random.default_rng([config.seed, p.index, epoch]).permutation(n)
             rng = np.random.default_rng([config.seed, p.index, step])
-            batch = stage.prepare_batch(split.take(order[i * bs : (i + 1) * bs]), rng)
+            rows = order[i * bs : (i + 1) * bs]
+            batch = stage.prepare_batch(split.take(rows), rng)
             state, m = step_fn(state, parallel.global_batch(mesh, batch), jax.random.fold_in(key, step))
             m = {name: float(v) for name, v in m.items()}  # waits for the step: also avoids the
             bar.set_postfix(loss=f"{m['loss']:.4g}", refresh=False)  # 2-core collective deadlock (environment.md)
             bar.update(1)
-            if not np.isfinite(m["loss"]):
-                raise FloatingPointError(
-                    f"{category}: loss is {m['loss']} at step {step} (stage {stage.name}); "
-                    "lower the learning rate or check the data"
+            bad = [k for k in ("loss", "grad_norm") if k in m and not np.isfinite(m[k])]
+            if bad:
+                files = [train.paths[r] for r in rows]
+                raise TrainingDiverged(
+                    f"{category}: {' and '.join(f'{k} = {m[k]}' for k in bad)} at step {step + 1} (stage "
+                    f"{stage.name}, epoch {epoch + 1}) on the batch {files[:8]}{' ...' if len(files) > 8 else ''}; "
+                    f"nothing of this step was saved (the last checkpoint in {ckpt.directory} is intact). Lower the "
+                    "learning rate (--allow_config_change resumes from that checkpoint with the new value) or check "
+                    "those images."
                 )
             last = step + 1 == e
             final = last and p.index == len(plans) - 1
@@ -251,10 +337,10 @@ def holdout_split(config, train: data_lib.Split) -> tuple[data_lib.Split, data_l
         return train, None
     n = len(train)
     if not 0.0 < f < 1.0:
-        raise ValueError(f"eval.threshold.holdout={f}: use a fraction of train/good in (0, 1), or 0 for no threshold")
+        raise ConfigError(f"eval.threshold.holdout={f}: use a fraction of train/good in (0, 1), or 0 for no threshold")
     k = max(1, int(round(f * n)))
     if k >= n:
-        raise ValueError(f"eval.threshold.holdout={f} keeps all {n} training images of {train.category} out; lower it")
+        raise ConfigError(f"eval.threshold.holdout={f} keeps all {n} training images of {train.category} out; lower it")
     rows = np.sort(np.random.default_rng(0).permutation(n)[:k])
     return train.subset(np.setdiff1d(np.arange(n), rows), "fit"), train.subset(rows, "holdout")
 
@@ -346,19 +432,22 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
         cat_dir / "features", mesh, int(cfg.eval.batch_size), int(cfg.data.feature_cache_memory_mb) * 2**20
     )
     train, holdout = holdout_split(cfg, reader.load_split(root, category, "train", size, resize=cfg.data.resize))
+    # the test split is read (every image and mask decoded and checked) before training, not after it
+    test = reader.load_split(root, category, "test", size, resize=cfg.data.resize)
     rng = jax.random.PRNGKey(cfg.seed)
     state = parallel.to_replicated(mesh, method.init(rng, example_batch(method, train)))
     ckpt = Checkpointer(cat_dir / "checkpoints")
+    ckpt.check_model(model_signature(str(cfg.model.name), state))
     writer = ScalarWriter(workdir, category)
     try:
         if mode in ("train", "all"):
             train = cache.attach(method.extractor, train)
             state, train_time = train_category(method, cfg, train, category, cat_dir, mesh, ckpt, writer, state)
         else:
-            if ckpt.latest_step() is None:
-                raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: run with --mode=train or --mode=all first")
-            last = plan_stages(method, cfg, len(train), category)[-1]
-            state = parallel.to_replicated(mesh, ckpt.restore(last.stage.init_opt(state, last.steps_per_epoch)))
+            found = restore_newest(ckpt, plan_stages(method, cfg, len(train), category), state)
+            if found is None:
+                raise CheckpointError(f"no checkpoint in {ckpt.directory}: run with --mode=train or --mode=all first")
+            state = parallel.to_replicated(mesh, found[0])
             if method.has_statistics and not jax.tree_util.tree_leaves(state.stats):
                 train = cache.attach(method.extractor, train)
                 state = fit_statistics(method, state, train, mesh, int(cfg.eval.batch_size))
@@ -371,7 +460,7 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
                 report.write_text_atomic(cat_dir / "threshold.json", json.dumps(threshold, indent=2, sort_keys=True))
         if mode == "train":
             return {"train_time_s": train_time}
-        test = cache.attach(method.extractor, reader.load_split(root, category, "test", size, resize=cfg.data.resize))
+        test = cache.attach(method.extractor, test)
         result, maps, _ = evaluate_category(method, cfg, state, test, mesh, threshold)
         result["train_time_s"] = train_time
         writer.write(int(jax.device_get(state.step)), report.flat_scalars(result, "eval"))
@@ -396,16 +485,29 @@ def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: st
         ckpt.close()
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mode: str = "all") -> dict:
+def run(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, mode: str = "all", allow_config_change: bool = False
+) -> dict:
     """Train and/or evaluate every configured category; returns ``{category: metrics}``."""
     if mode not in MODES:
-        raise ValueError(f"--mode={mode!r}: use one of {MODES}")
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"--mode={mode!r}: use one of {MODES}")
+    workdir = workdir_lib.prepare(workdir)
+    with workdir_lib.WorkdirLock(workdir) if _is_main() else contextlib.nullcontext():
+        return _run_locked(config, workdir, mode, allow_config_change)
+
+
+def _run_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str, allow_change: bool) -> dict:
     models.check_config(config)
+    for key in ("train.batch_size", "eval.batch_size"):  # before any data is read or anything is built
+        section, name = key.split(".")
+        if name in config[section]:
+            parallel.check_batch_size(config[section][name], key)
+    config, write_config = workdir_lib.reconcile_config(workdir, config, mode, allow_change)
     root, categories = resolve_data(config)
+    check_data(config, root, categories)
     if _is_main():
-        report.write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
+        if write_config:
+            report.write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
         log.info(
             "data: %s, categories: %s, devices: %d (%s), processes: %d",
             root,

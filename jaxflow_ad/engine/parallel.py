@@ -21,6 +21,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxflow_ad.errors import ConfigError
+
 AXIS = "batch"
 
 
@@ -43,8 +45,10 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(batch_size: int, key: str, mesh: Mesh | None = None) -> None:
     n = mesh.size if mesh is not None else jax.device_count()
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"{key}={batch_size!r}: a batch size must be a positive integer, e.g. --config.{key}={n}")
     if batch_size % n:
-        raise ValueError(
+        raise ConfigError(
             f"{key}={batch_size} must be a multiple of the number of devices ({n}); "
             f"set --config.{key}={max(n, batch_size // n * n)}"
         )

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from jaxflow_ad.metrics import resize_maps
+
+log = logging.getLogger("jaxflow_ad")
 
 COLUMNS = (
     ("image_auroc", "I-AUROC"),
@@ -173,7 +177,22 @@ def results_table(results: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def write_summary(workdir: pathlib.Path, results: Mapping[str, Mapping[str, float]], config_json: str) -> str:
-    """``metrics.json`` and ``results.md``; returns the table."""
+    """``metrics.json`` and ``results.md``; returns the table.
+
+    The rows of categories evaluated by earlier runs of this workdir and not by this one are kept (a
+    rerun with fewer categories does not erase the others); the mean is over all rows."""
+    previous, path = {}, workdir / "metrics.json"
+    if path.exists():
+        try:
+            previous = dict(json.loads(path.read_text())["categories"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            keep = path.with_name(f"metrics.unreadable-{int(time.time())}.json")
+            os.replace(path, keep)
+            log.warning("%s could not be read (%s): moved to %s; its rows are not merged", path, e, keep.name)
+    kept = [c for c in previous if c not in results]
+    if kept:
+        log.info("results: the rows of %s are kept from earlier runs of %s", kept, workdir)
+    results = {**{c: previous[c] for c in kept}, **results}
     table = results_table(results)
     payload = {"categories": dict(results), "mean": mean_row(results), "config": json.loads(config_json)}
     write_text_atomic(workdir / "metrics.json", json.dumps(payload, indent=2, sort_keys=True))

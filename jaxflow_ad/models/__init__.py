@@ -10,6 +10,8 @@ import importlib
 
 import ml_collections
 
+from jaxflow_ad.errors import ConfigError
+
 REGISTRY: dict[str, str] = {
     "pyramidflow": "jaxflow_ad.models.pyramidflow:PyramidFlow",
     "fair": "jaxflow_ad.models.fair:FAIR",
@@ -19,7 +21,7 @@ REGISTRY: dict[str, str] = {
 
 def get(name: str):
     if name not in REGISTRY:
-        raise ValueError(f"config key model.name={name!r} is not a known method; use one of {sorted(REGISTRY)}")
+        raise ConfigError(f"config key model.name={name!r} is not a known method; use one of {sorted(REGISTRY)}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -27,7 +29,7 @@ def get(name: str):
 def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("data", "model", "train", "eval"):
         if key not in config:
-            raise ValueError(f"config has no '{key}' section; every config needs data, model, train and eval")
+            raise ConfigError(f"config has no '{key}' section; every config needs data, model, train and eval")
     get(config.model.name)
 
 

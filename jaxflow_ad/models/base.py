@@ -47,6 +47,8 @@ import numpy as np
 import optax
 from flax import struct
 
+from jaxflow_ad.errors import ConfigError
+
 PyTree = Any
 Batch = Mapping[str, Any]
 LossFn = Callable[[PyTree, "State", Batch, jax.Array], tuple[jax.Array, tuple[dict, PyTree]]]
@@ -163,7 +165,7 @@ class Stage:
         state = state.replace(opt_state=self.tx(state.params, steps_per_epoch).init(state.params))
         if self.param_ema:
             if not 0.0 < self.param_ema < 1.0:
-                raise ValueError(f"param_ema (config key train.param_ema) must be in (0, 1), got {self.param_ema}")
+                raise ConfigError(f"param_ema (config key train.param_ema) must be in (0, 1), got {self.param_ema}")
             start = jax.tree_util.tree_map(lambda p: jnp.array(p, copy=True), state.params)  # own buffers (donation)
             state = state.replace(model_state={**state.model_state, PARAM_EMA: start})
         return state
@@ -221,7 +223,7 @@ def resolve_augment(mode: str, category: str) -> str:
     from jaxflow_ad import data as data_lib
 
     if mode not in AUGMENT_MODES:
-        raise ValueError(f"config key data.augment={mode!r}: use one of {AUGMENT_MODES}")
+        raise ConfigError(f"config key data.augment={mode!r}: use one of {AUGMENT_MODES}")
     if mode == "auto":
         return "flip_rot90" if data_lib.is_texture(category) else "none"
     return mode

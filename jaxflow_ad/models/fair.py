@@ -66,6 +66,7 @@ import numpy as np
 import optax
 
 from jaxflow_ad.data import anomaly_synth
+from jaxflow_ad.errors import ConfigError
 from jaxflow_ad.models.base import Method, Stage, State, to_float
 from jaxflow_ad.nn.unet import UNet
 from jaxflow_ad.scoring.fair_score import fair_anomaly_map, image_scores
@@ -82,7 +83,7 @@ def extractor_channels(extractor: str, per_channel: bool = False) -> int:
         return 2
     if extractor in ("butterworth", "gaussian", "ideal"):
         return 3 if per_channel else 1
-    raise ValueError(f"unknown model.extractor {extractor!r}; use one of {EXTRACTORS}")
+    raise ConfigError(f"unknown model.extractor {extractor!r}; use one of {EXTRACTORS}")
 
 
 def effective_cutoff(cutoff: float, image_height: int, reference_size: int = 256) -> float:
@@ -103,7 +104,7 @@ def extract_high_frequency(
         return highpass_filter(images, extractor, cutoff, order, per_channel)
     if extractor in ("sobel_xy", "sobel_x"):
         return sobel_features(rgb_to_gray(images), only_x=extractor == "sobel_x", ksize=sobel_ksize)
-    raise ValueError(f"unknown model.extractor {extractor!r}; use one of {EXTRACTORS}")
+    raise ConfigError(f"unknown model.extractor {extractor!r}; use one of {EXTRACTORS}")
 
 
 def multistep_schedule(

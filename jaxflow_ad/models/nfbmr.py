@@ -95,6 +95,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxflow_ad.errors import ConfigError
 from jaxflow_ad.flows.glow import GlowBlock, nfbmr_nll
 from jaxflow_ad.flows.reversible import chain_forward
 from jaxflow_ad.models.base import Method, Stage, State, eval_params
@@ -210,9 +211,9 @@ class NFBMR(Method):
         super().__init__(config)
         m, t = config.model, config.train
         if m.mapper not in MAPPERS:
-            raise ValueError(f"unknown model.mapper {m.mapper!r}; use one of {MAPPERS}")
+            raise ConfigError(f"unknown model.mapper {m.mapper!r}; use one of {MAPPERS}")
         if m.score not in SCORES:
-            raise ValueError(f"unknown model.score {m.score!r}; use one of {SCORES}")
+            raise ConfigError(f"unknown model.score {m.score!r}; use one of {SCORES}")
         self.extractor = load_source(m.backbone)
         (self.tap,) = self.extractor.taps
         channels = self.extractor.output_shapes((1, 64, 64, 3))[self.tap][-1]

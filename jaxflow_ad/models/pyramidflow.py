@@ -57,6 +57,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxflow_ad.errors import ConfigError
 from jaxflow_ad.flows import pyramid as pyr
 from jaxflow_ad.flows.pyramid_coupling import PyramidCoupling, pyramid_schedule
 from jaxflow_ad.flows.reversible import chain_forward, chain_inverse
@@ -109,7 +110,7 @@ def denormalize(x: jax.Array) -> jax.Array:
 def pair_indices(batch: int) -> tuple[np.ndarray, np.ndarray]:
     """All pairs ``i < j`` (official ``np.triu_indices(batch, 1)``)."""
     if batch < 2:
-        raise ValueError(
+        raise ConfigError(
             f"the pairwise loss needs a batch of at least 2 images, got {batch} (config key train.batch_size)"
         )
     return np.triu_indices(batch, 1)
@@ -151,13 +152,13 @@ def anomaly_map(
         return jnp.mean(pyr.compose([jnp.abs(z - t) for z, t in zip(levels, template)], up), axis=-1)
     if difference == "composed":
         return jnp.mean(jnp.abs(pyr.compose(list(levels), up) - pyr.compose(list(template), up)), axis=-1)
-    raise ValueError(f"unknown model.difference {difference!r}; use 'pyramid' or 'composed'")
+    raise ConfigError(f"unknown model.difference {difference!r}; use 'pyramid' or 'composed'")
 
 
 def orthogonal_projection(key: jax.Array, channels: int) -> jax.Array:
     """A ``3 x C`` matrix with orthonormal rows (official ``nn.init.orthogonal_`` on the C x 3 weight)."""
     if channels < 3:
-        raise ValueError(f"model.channels must be >= 3 for the 3->C projection, got {channels}")
+        raise ConfigError(f"model.channels must be >= 3 for the 3->C projection, got {channels}")
     return jax.nn.initializers.orthogonal()(key, (channels, 3), jnp.float32).T
 
 
@@ -217,7 +218,7 @@ class PyramidFlowNet:
             pyr.check_divisible((1, h, w), self.levels)
             model_state["encoder"] = {"in_proj": orthogonal_projection(k_proj, self.channels)}
         elif c != self.channels:
-            raise ValueError(f"model.channels={self.channels} but the encoder gives {c} channels")
+            raise ConfigError(f"model.channels={self.channels} but the encoder gives {c} channels")
         feat_shape = jax.eval_shape(lambda m: self.encode(m, jnp.zeros((1, h, w, c))), model_state).shape
         pyr.check_divisible(feat_shape, self.levels)
         feats = pyr.decompose(jnp.zeros(feat_shape), self.levels, self.pyramid_down, self.pyramid_up)
@@ -291,7 +292,7 @@ def lr_schedule(cfg: ml_collections.ConfigDict, epochs: int, steps_per_epoch: in
     if k <= 0:
         return None
     if k > epochs:
-        raise ValueError(f"train.optimizer.anneal_epochs={k} exceeds train.epochs={epochs}; use 0..{epochs}")
+        raise ConfigError(f"train.optimizer.anneal_epochs={k} exceeds train.epochs={epochs}; use 0..{epochs}")
     total, tail = epochs * steps_per_epoch, k * steps_per_epoch
     lr, end = float(cfg.lr), float(cfg.lr) * float(cfg.get("anneal_to", 0.0))
     decay = optax.cosine_decay_schedule(lr, tail, alpha=end / lr)
@@ -331,7 +332,7 @@ def load_encoder(m: ml_collections.ConfigDict):
     from jaxflow_ad.backbones import FrozenExtractor  # imported only for this variant
 
     if m.encoder not in ENCODERS:
-        raise ValueError(f"unknown model.encoder {m.encoder!r}; use 'none' or one of {sorted(ENCODERS)}")
+        raise ConfigError(f"unknown model.encoder {m.encoder!r}; use 'none' or one of {sorted(ENCODERS)}")
     b = m.get("backbone", ml_collections.ConfigDict())
     cfg = {
         "arch": m.encoder,
@@ -344,7 +345,7 @@ def load_encoder(m: ml_collections.ConfigDict):
 
 def net_from_config(m: ml_collections.ConfigDict, channels=None) -> PyramidFlowNet:
     if m.loss not in LOSSES:
-        raise ValueError(f"unknown model.loss {m.loss!r}; use one of {LOSSES}")
+        raise ConfigError(f"unknown model.loss {m.loss!r}; use one of {LOSSES}")
     return PyramidFlowNet(
         channels=channels or m.channels,
         levels=m.levels,
@@ -378,7 +379,7 @@ class PyramidFlow(Method):
         super().__init__(config)
         m = config.model
         if m.template not in ("mean", "zero"):
-            raise ValueError(f"unknown model.template {m.template!r}; use 'mean' or 'zero'")
+            raise ConfigError(f"unknown model.template {m.template!r}; use 'mean' or 'zero'")
         if m.encoder == "none":
             self.net = net_from_config(m)
         else:  # the official code forces C to the encoder's channels (64 for ResNet18)

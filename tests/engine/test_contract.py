@@ -6,6 +6,7 @@ boundary (and one in the middle of stage 2) resumed to the same metrics."""
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxflow_ad import engine
+from jaxflow_ad.errors import CheckpointError
 from tests.engine import toy_method as toy
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -71,10 +73,16 @@ def test_two_stages_mask_cache_and_statistics(tmp_path):
     toy.CALLS["batches"] = 0
     engine.run(cfg, tmp_path / "a", "eval")
     assert toy.CALLS["batches"] == 0
+    # --mode=eval evaluates with the config the workdir was trained with: another extractor seed is ignored
     cfg.model.extractor_seed = 1
     engine.run(cfg, tmp_path / "a", "eval")
+    assert toy.CALLS["batches"] == 0
+    # a copy of the workdir without its config.json takes the new seed: new features for the test split
+    shutil.copytree(tmp_path / "a", tmp_path / "c")
+    (tmp_path / "c" / "config.json").unlink()
+    engine.run(cfg, tmp_path / "c", "eval")
     assert toy.CALLS["batches"] == 2  # the test split again (the statistics came from the checkpoint)
-    assert len(list((tmp_path / "a" / "toy" / "features").glob("*/meta.json"))) == 3
+    assert len(list((tmp_path / "c" / "toy" / "features").glob("*/meta.json"))) == 3
 
 
 def _run_toy(workdir, *overrides, **popen):
@@ -101,7 +109,7 @@ def test_kill_and_resume_gives_the_same_metrics(tmp_path, kill_after):
     assert steps[-1] == kill_after, steps
     assert not (a / "toy" / "metrics.json").exists()
 
-    resumed = _run_toy(a, *args)
+    resumed = _run_toy(a, *args, "train.sleep_s=0.4")  # the same config (a changed one is refused)
     out, err = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, err[-4000:]
     assert f"resumed from step {kill_after}" in err
@@ -127,8 +135,11 @@ def test_a_checkpoint_from_before_the_contract_is_one_clear_error(tmp_path):
     old.close()
     target = State(step=np.zeros((), np.int32), params=np.ones(3, np.float32), model_state={}, opt_state=(), stats={})
     ck = Checkpointer(tmp_path / "ck")
-    with pytest.raises(ValueError, match="before the method contract.*new --workdir"):
+    with pytest.raises(CheckpointError, match="before the method contract.*new --workdir"):
         ck.restore(target)
+    with pytest.raises(CheckpointError, match="before the method contract"):  # not taken for a damaged step
+        ck.restore_newest(lambda step: target)
+    assert (tmp_path / "ck" / "5").is_dir()
     ck.close()
 
 

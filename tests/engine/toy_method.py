@@ -147,7 +147,9 @@ class ToyTwoStage(Method):
     def loss_fit(self, params, state, batch, rng):
         center = state.stats.get("center", jnp.zeros((2,)))
         e = self._embed(params, batch)
-        return jnp.mean((e - center) ** 2) + 1e-3 * jnp.sum(params["b"] ** 2), ({}, state.model_state)
+        loss = jnp.mean((e - center) ** 2) + 1e-3 * jnp.sum(params["b"] ** 2)
+        loss = jnp.where(state.step + 1 == int(self.config.train.nan_step), jnp.nan, loss)  # a divergence on demand
+        return loss, ({}, state.model_state)
 
     def statistics_batch(self, state, batch):
         return self._embed_eval(state, batch).mean((1, 2))
@@ -179,6 +181,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 2
     c.train.fit_batch_size = 4
     c.train.sleep_s = 0.0
+    c.train.nan_step = -1  # the 1-based global step whose stage-2 loss is NaN (-1: none)
     c.train.log_every_steps = 1
     c.train.checkpoint_every_steps = 1000  # checkpoints at the stage ends only
     c.eval.num_heatmaps = 1
