@@ -53,11 +53,11 @@ Variants (``--config=configs/nfbmr.py:<arg>``):
   EfficientNet-Lite0 (no weights file; the same random weights for every seed),
   tap ``block4`` (40 channels, stride 8) at 64x64 (8x8 features), flow hidden
   32, mapping width 32, the paper's optimisers, 10 + 10 epochs (70 + 70 steps),
-  gravel and coin. Measured on 2 busy cores (load average ~3): about 30 s
-  in-process, 32 s as the test's command (warm compilation cache); mean pixel
-  AUROC for seeds 0 / 1 / 2: 77.4 / 79.2 / 78.6 (gravel 72.4 / 73.0 / 71.7,
-  coin 82.4 / 85.3 / 85.5);
-  image AUROC at or below chance (random features). The test asserts >= 70.
+  gravel and coin (54 training images each after the threshold hold-out).
+  Measured on 2 busy cores: about 26 s as the test's command (warm
+  compilation cache); mean pixel AUROC for seeds 0 / 1 / 2: 0.762 / 0.784 /
+  0.768 (gravel 0.693 / 0.713 / 0.695, coin 0.831 / 0.854 / 0.842); image AUROC
+  at or below chance (random features). The test asserts >= 0.70.
   With 2 + 2 epochs the pixel AUROC was 36 (below chance: an untrained mapping's
   output dominates the map).
 

@@ -308,11 +308,11 @@ def test_nfbmr_smoke_end_to_end(tmp_path):
 
     The backbone is a *randomly initialised* EfficientNet-Lite0 (the same random weights for every
     seed: ``load_backbone`` initialises them from PRNGKey(0)), so the features are weak. Measured
-    (2-core CPU, other jobs running), mean pixel AUROC over gravel and coin for seeds 0 / 1 / 2:
-    0.774 / 0.792 / 0.786 (gravel 0.724 / 0.730 / 0.717, coin 0.824 / 0.853 / 0.855); image AUROC
-    is at or below chance (mean 0.43 / 0.40 / 0.48). The test asserts a mean pixel AUROC >= 0.70,
-    0.07 below the lowest seed and 0.2 above chance. About 30 s in-process, 32 s as this command
-    with a warm compilation cache (2 busy cores).
+    (2-core CPU, other jobs running; 54 training images per category, 6 held out for the threshold),
+    mean pixel AUROC over gravel and coin for seeds 0 / 1 / 2: 0.762 / 0.784 / 0.768 (gravel 0.693 /
+    0.713 / 0.695, coin 0.831 / 0.854 / 0.842); image AUROC is at or below chance (mean 0.43 / 0.48 /
+    0.44). The test asserts a mean pixel AUROC >= 0.70, 0.06 below the lowest seed and 0.2 above
+    chance. About 26 s as this command with a warm compilation cache (2 cores).
     """
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax"))
     env = dict(
