@@ -52,7 +52,7 @@ Variants (``--config=configs/nfbmr.py:<arg>``):
 * ``smoke``: for CI (``tests/models/test_nfbmr.py``): a *randomly initialised*
   EfficientNet-Lite0 (no weights file; the same random weights for every seed),
   tap ``block4`` (40 channels, stride 8) at 64x64 (8x8 features), flow hidden
-  32, mapping width 32, the paper's optimisers, 10 + 10 epochs (70 + 70 steps),
+  32, mapping width 32, the paper's optimisers, 10 + 10 epochs (60 + 60 steps),
   gravel and coin (54 training images each after the threshold hold-out).
   Measured on 2 busy cores: about 26 s as the test's command (warm
   compilation cache); mean pixel AUROC for seeds 0 / 1 / 2: 0.762 / 0.784 /
