@@ -391,6 +391,13 @@ def evaluate_category(
     with a ``threshold`` (:func:`fit_threshold`) also ``image_precision``, ``image_recall``,
     ``image_f1``, ``image_false_alarm_rate`` and ``image_miss_rate`` at it."""
     maps, scores, images_per_s = score_split(method, config, state, test, mesh)
+    bad = [p for p, s, m in zip(test.paths, scores, maps) if not (np.isfinite(s) and np.all(np.isfinite(m)))]
+    if bad:
+        raise TrainingDiverged(
+            f"{len(bad)} of {len(test)} test images of {test.category} got a NaN or infinite score or map "
+            f"(e.g. {bad[:3]}): the trained model is numerically broken. Retrain with a lower learning rate, "
+            "or check those images."
+        )
     res = config.eval.resolution
     res = res if res == "native" else int(res)
     protocol = {"fpr_limit": config.eval.fpr_limit, "resolution": res, "mask_resize": config.eval.mask_resize}

@@ -95,7 +95,7 @@ def test_bad_category_is_one_clear_error(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "data.categories names ['nope']" in proc.stderr and "available" in proc.stderr
 
 
@@ -108,5 +108,5 @@ def test_bad_root_is_one_clear_error(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(tmp_path / "missing") in proc.stderr
