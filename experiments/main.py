@@ -8,7 +8,9 @@ variant, ``--config.x.y=value`` to override any value), ``--workdir``,
 
 Exit codes: 0 done; 2 a problem the user fixes (a flag, a config value, a file,
 the workdir): one line ``error: ...`` naming it and the fix, the traceback only
-with ``--verbose``; 1 anything else (a bug: the traceback is printed).
+with ``--verbose``; 75 a peer process of a multi-process run was lost (one line
+names it; a rerun resumes from the latest checkpoint); 1 anything else (a bug:
+the traceback is printed).
 """
 
 import logging
@@ -29,6 +31,7 @@ flags.DEFINE_bool(
 flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-host runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for multi-host runs.")
 flags.DEFINE_integer("process_id", None, "This process' index, for multi-host runs.")
+flags.DEFINE_float("peer_timeout_s", 30.0, "Multi-host: a process silent this long is declared lost (exit 75).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -77,16 +80,19 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it writes at INFO
     from jaxflow_ad import engine
+    from jaxflow_ad.engine import distributed
     from jaxflow_ad.errors import user_errors
 
-    try:
-        if FLAGS.coordinator:
-            import jax
-
-            jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-        engine.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, allow_config_change=FLAGS.allow_config_change)
-    except user_errors() as e:
-        _fail(str(e), e)
+    # guard: in a multi-process run every exit (errors included) skips JAX's shutdown barrier, and a lost
+    # peer is one line and exit code 75, so that no process waits for a dead one
+    with distributed.guard():
+        try:
+            distributed.initialize(
+                FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id, timeout_s=FLAGS.peer_timeout_s
+            )
+            engine.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, allow_config_change=FLAGS.allow_config_change)
+        except user_errors() as e:
+            _fail(str(e), e)
 
 
 if __name__ == "__main__":
