@@ -7,6 +7,9 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     """``seed``, ``data``, ``eval`` filled in; ``model`` (with ``name``) and ``train`` to be filled by the method."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # XLA's persistent compilation cache: "default" (~/.cache/jaxflow_ad/xla, or $JAXFLOW_AD_CACHE),
+    # a folder, or "none"; a second run of a command then compiles nothing
+    c.compile_cache = "default"
 
     c.data = ml_collections.ConfigDict()
     c.data.root = ""  # "" = the built-in synthetic dataset
@@ -23,6 +26,8 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     c.model = ml_collections.ConfigDict()
     c.model.name = model_name
     c.train = ml_collections.ConfigDict()
+    c.train.prefetch = 2  # batches prepared ahead by a background thread while the device steps (0: none)
+    c.train.sync_every = "auto"  # steps dispatched before their metrics are read back: auto = 1 on CPU, 10 else
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = eval_batch_size

@@ -15,6 +15,7 @@ temporary folder and renamed, so a killed run never leaves a half-written entry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -41,16 +42,25 @@ def cache_key(extractor, split) -> str:
     return h.hexdigest()[:32]
 
 
-def run_extractor(extractor, inputs: np.ndarray, mesh, batch_size: int) -> dict[str, np.ndarray]:
-    """``extractor`` over ``inputs`` ``[N, ...]`` in batches sharded over ``mesh``; host arrays."""
+def run_extractor(
+    extractor, inputs: np.ndarray, mesh, batch_size: int, compiled=None, timings=None
+) -> dict[str, np.ndarray]:
+    """``extractor`` over ``inputs`` ``[N, ...]`` in batches sharded over ``mesh``; host arrays. With a
+    ``compiled`` (:class:`~jaxflow_ad.engine.timing.CompileCache`) the executable is shared by every
+    split and category of the run (keyed by the extractor's fingerprint)."""
     parallel.check_batch_size(batch_size, "eval.batch_size", mesh)
-    fn = parallel.jit_score(mesh, extractor.apply)
     variables = parallel.to_replicated(mesh, extractor.variables)
+    fn = None
     out: dict[str, list[np.ndarray]] = {t: [] for t in extractor.taps}
     n = len(inputs)
     for i in range(0, n, batch_size):
         chunk = parallel.pad_rows(inputs[i : i + batch_size], batch_size)
-        feats = fn(variables, parallel.global_batch(mesh, {"x": chunk})["x"])
+        x = parallel.global_batch(mesh, {"x": chunk})["x"]
+        if fn is None:
+            make = functools.partial(parallel.jit_score, mesh, extractor.apply)
+            key = f"extractor|{extractor.fingerprint}"
+            fn = make() if compiled is None else compiled.get(key, make, (variables, x), timings)
+        feats = fn(variables, x)
         for t in extractor.taps:
             out[t].append(np.asarray(jax.device_get(feats[t]))[: min(batch_size, n - i)])
     return {t: np.concatenate(v) for t, v in out.items()}
@@ -63,7 +73,16 @@ class FeatureCache:
       computed: how many splits were run through an extractor (cache misses); a test counts it.
     """
 
-    def __init__(self, directory: str | os.PathLike | None, mesh, batch_size: int, memory_limit_bytes: int):
+    def __init__(
+        self,
+        directory: str | os.PathLike | None,
+        mesh,
+        batch_size: int,
+        memory_limit_bytes: int,
+        compiled=None,
+        timings=None,
+    ):
+        self.compiled, self.timings = compiled, timings
         self.directory = pathlib.Path(directory) if directory else None
         self.mesh = mesh
         self.batch_size = int(batch_size)
@@ -102,7 +121,9 @@ class FeatureCache:
         if feats is not None:
             log.info("%s/%s: %s features from the cache %s", split.category, split.split, extractor.name, key)
         else:
-            feats = run_extractor(extractor, split.samples[extractor.modality], self.mesh, self.batch_size)
+            feats = run_extractor(
+                extractor, split.samples[extractor.modality], self.mesh, self.batch_size, self.compiled, self.timings
+            )
             self.computed += 1
             nbytes = sum(a.nbytes for a in feats.values())
             log.info(

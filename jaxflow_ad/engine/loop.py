@@ -34,7 +34,9 @@ import dataclasses
 import json
 import logging
 import pathlib
+import queue
 import sys
+import threading
 import time
 
 import jax
@@ -49,6 +51,7 @@ from jaxflow_ad.engine import parallel, report
 from jaxflow_ad.engine import workdir as workdir_lib
 from jaxflow_ad.engine.checkpoint import Checkpointer, model_signature
 from jaxflow_ad.engine.features import FeatureCache
+from jaxflow_ad.engine.timing import CompileCache, Timings, enable_persistent_cache, method_key, time_table
 from jaxflow_ad.engine.writers import ScalarWriter
 from jaxflow_ad.errors import CheckpointError, ConfigError, TrainingDiverged
 from jaxflow_ad.models import base
@@ -163,6 +166,83 @@ def plan_stages(method, config, num_train: int, category: str) -> list[StagePlan
     return plans
 
 
+@dataclasses.dataclass
+class RunContext:
+    """What the categories of one run share: compiled executables (:class:`CompileCache`) and the
+    category's :class:`Timings`; ``key`` identifies the method's computation (:func:`method_key`)."""
+
+    compiled: CompileCache
+    timings: Timings
+    key: str
+
+
+class _Fn:
+    """``make()`` (a jitted function) compiled ahead of time on its first call through the run's
+    :class:`CompileCache` (shared across categories, timed as ``compile``); without a context, the
+    jitted function itself."""
+
+    def __init__(self, ctx: RunContext | None, name: str, make):
+        self.ctx, self.name, self.make = ctx, name, make
+        self.jitted = make() if ctx is None else None
+        self.exes: dict = {}  # argument tree structure -> executable (a state gains statistics, say)
+
+    def __call__(self, *args):
+        if self.jitted is not None:
+            return self.jitted(*args)
+        tree = jax.tree_util.tree_structure(args)
+        exe = self.exes.get(tree)
+        if exe is None:
+            key = f"{self.ctx.key}|{self.name}"
+            exe = self.exes[tree] = self.ctx.compiled.get(key, self.make, args, self.ctx.timings)
+        return exe(*args)
+
+
+def _phase(ctx: RunContext | None, name: str):
+    return ctx.timings.phase(name) if ctx is not None else contextlib.nullcontext()
+
+
+class _Prefetch:
+    """The prepared, sharded batches of ``items`` produced by a background thread, at most ``depth``
+    ahead (host work overlapped with the device's step). Order and content are those of the
+    generator; an exception in it is raised here, at the batch it concerns."""
+
+    _END = object()
+
+    def __init__(self, items, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), daemon=True, name="jaxflow_ad-prefetch")
+        self._thread.start()
+
+    def _run(self, items):
+        try:
+            for item in items:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(self._END)
+        except BaseException as e:  # noqa: BLE001 (handed to the consumer)
+            self._queue.put(e)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def _padded_batches(split: data_lib.Split, batch_size: int):
     """``(rows, batch)`` over ``split`` in order, each batch padded to ``batch_size`` rows."""
     for i in range(0, len(split), batch_size):
@@ -170,10 +250,10 @@ def _padded_batches(split: data_lib.Split, batch_size: int):
         yield rows, parallel.pad_rows(split.take(rows), batch_size)
 
 
-def fit_statistics(method, state, split: data_lib.Split, mesh, batch_size: int, stats_fn=None):
+def fit_statistics(method, state, split: data_lib.Split, mesh, batch_size: int, stats_fn=None, ctx=None):
     """``method``'s statistics over ``split`` (no augmentation), through the mesh; returns the
     state with them, replicated. The host sees per-sample outputs, padding rows removed."""
-    fn = stats_fn or parallel.jit_score(mesh, method.statistics_batch)
+    fn = stats_fn or _Fn(ctx, "statistics", lambda: parallel.jit_score(mesh, method.statistics_batch))
 
     def outputs():
         for rows, batch in _padded_batches(split, batch_size):
@@ -184,15 +264,40 @@ def fit_statistics(method, state, split: data_lib.Split, mesh, batch_size: int, 
     return parallel.to_replicated(mesh, state.replace(stats=stats))
 
 
-def derive_split(fn, state, split: data_lib.Split, mesh, batch_size: int) -> dict:
+def derive_split(fn, state, split: data_lib.Split, mesh, batch_size: int, ctx=None, name: str = "derive") -> dict:
     """``fn(state, batch)`` (a stage's :attr:`~jaxflow_ad.models.base.Stage.derive`) over ``split``
     in order, through the mesh: host arrays with one row per sample."""
-    f = parallel.jit_score(mesh, fn)
+    f = _Fn(ctx, name, lambda: parallel.jit_score(mesh, fn))
     parts = []
     for rows, batch in _padded_batches(split, batch_size):
         host = jax.device_get(f(state, parallel.global_batch(mesh, batch)))
         parts.append(jax.tree_util.tree_map(lambda a, k=rows.size: np.asarray(a)[:k], host))
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+
+
+def _sync_every(config, mesh) -> int:
+    """How many steps the host lets the device run ahead before reading their metrics back
+    (``train.sync_every``; ``"auto"``: 1 on CPU, where a multi-device step must be waited for every
+    step to avoid the 2-core collective deadlock of environment.md, else 10). Logging, statistics and
+    checkpoints always read first, so a NaN is never saved."""
+    v = config.train.get("sync_every", "auto")
+    if v == "auto":
+        return 1 if mesh.devices.flat[0].platform == "cpu" else 10
+    if int(v) < 1:
+        raise ConfigError(f"train.sync_every={v!r}: use a positive number of steps or 'auto'")
+    return int(v)
+
+
+def _check_finite(m: dict, category: str, step: int, stage: str, epoch: int, files: list, ckpt) -> None:
+    bad = [k for k in ("loss", "grad_norm") if k in m and not np.isfinite(m[k])]
+    if bad:
+        raise TrainingDiverged(
+            f"{category}: {' and '.join(f'{k} = {m[k]}' for k in bad)} at step {step + 1} "
+            f"(stage {stage}, epoch {epoch + 1}) on the batch {files[:8]}"
+            f"{' ...' if len(files) > 8 else ''}; nothing of this step was saved (the last checkpoint "
+            f"in {ckpt.directory} is intact). Lower the learning rate (--allow_config_change resumes "
+            "from that checkpoint with the new value) or check those images."
+        )
 
 
 def restore_newest(ckpt: Checkpointer, plans: list[StagePlan], state):
@@ -244,12 +349,15 @@ def train_category(
     ckpt: Checkpointer,
     writer: ScalarWriter,
     state,
+    ctx: RunContext | None = None,
 ):
     """Run every stage from the latest checkpoint on; returns the trained state (statistics fitted)."""
     n = len(train)
     plans = plan_stages(method, config, n, category)
     eval_bs = int(config.eval.batch_size)
-    stats_fn = parallel.jit_score(mesh, method.statistics_batch) if method.has_statistics else None
+    stats_fn = None
+    if method.has_statistics:
+        stats_fn = _Fn(ctx, "statistics", lambda: parallel.jit_score(mesh, method.statistics_batch))
     start = 0
     found = restore_newest(ckpt, plans, state)
     if found is not None:
@@ -267,7 +375,7 @@ def train_category(
         split = train
         if stage.derive is not None:
             t0 = time.perf_counter()
-            derived = derive_split(stage.derive, state, train, mesh, eval_bs)
+            derived = derive_split(stage.derive, state, train, mesh, eval_bs, ctx, f"derive|{p.index}")
             split = train.with_samples(derived=derived)
             log.info(
                 "%s %s: derived %s computed once in %.1f s (%.1f MB)",
@@ -277,7 +385,9 @@ def train_category(
                 time.perf_counter() - t0,
                 sum(v.nbytes for v in jax.tree_util.tree_leaves(derived)) / 2**20,
             )
-        step_fn = parallel.jit_train_step(mesh, stage.train_step(spe))
+        step_fn = _Fn(
+            ctx, f"train|{p.index}|{spe}", lambda st=stage, k=spe: parallel.jit_train_step(mesh, st.train_step(k))
+        )
         refresh = int(stage.refresh_statistics_every) * spe
         schedule = stage.learning_rate(spe) if stage.learning_rate is not None else None
         bar = tqdm(
@@ -289,38 +399,51 @@ def train_category(
             leave=False,
             mininterval=_BAR_INTERVAL,
         )
-        for step in range(start, e):
-            epoch, i = divmod(step - b, spe)
-            order = np.random.default_rng([config.seed, p.index, epoch]).permutation(n)
-            rng = np.random.default_rng([config.seed, p.index, step])
-            rows = order[i * bs : (i + 1) * bs]
-            batch = stage.prepare_batch(split.take(rows), rng)
-            state, m = step_fn(state, parallel.global_batch(mesh, batch), jax.random.fold_in(key, step))
-            m = {name: float(v) for name, v in m.items()}  # waits for the step: also avoids the
-            bar.set_postfix(loss=f"{m['loss']:.4g}", refresh=False)  # 2-core collective deadlock (environment.md)
-            bar.update(1)
-            bad = [k for k in ("loss", "grad_norm") if k in m and not np.isfinite(m[k])]
-            if bad:
-                files = [train.paths[r] for r in rows]
-                raise TrainingDiverged(
-                    f"{category}: {' and '.join(f'{k} = {m[k]}' for k in bad)} at step {step + 1} (stage "
-                    f"{stage.name}, epoch {epoch + 1}) on the batch {files[:8]}{' ...' if len(files) > 8 else ''}; "
-                    f"nothing of this step was saved (the last checkpoint in {ckpt.directory} is intact). Lower the "
-                    "learning rate (--allow_config_change resumes from that checkpoint with the new value) or check "
-                    "those images."
-                )
-            last = step + 1 == e
-            final = last and p.index == len(plans) - 1
-            if method.has_statistics and ((refresh and (step + 1 - b) % refresh == 0) or final):
-                state = fit_statistics(method, state, train, mesh, eval_bs, stats_fn)
-                writer.write(step + 1, {f"train/{stage.name}/statistics_refit": 1.0})
-            if (step + 1) % config.train.log_every_steps == 0 or last:
-                if schedule is not None:
-                    m["lr"] = float(schedule(step - b))  # the rate of this step's update (optax count)
-                writer.write(step + 1, {f"train/{stage.name}/{name}": v for name, v in m.items()})
-            if (step + 1) % config.train.checkpoint_every_steps == 0 or last:
-                ckpt.save(step + 1, state, force=True)
-                timer.save()
+
+        def batches(p=p, stage=stage, bs=bs, spe=spe, b=b, split=split, begin=start, end=e):
+            for step in range(begin, end):  # host work: run ahead of the device by _Prefetch
+                epoch, i = divmod(step - b, spe)
+                order = np.random.default_rng([config.seed, p.index, epoch]).permutation(n)
+                rng = np.random.default_rng([config.seed, p.index, step])
+                rows = order[i * bs : (i + 1) * bs]
+                batch = stage.prepare_batch(split.take(rows), rng)
+                yield step, epoch, rows, parallel.global_batch(mesh, batch)
+
+        depth = int(config.train.get("prefetch", 2))  # batches prepared ahead by a thread (0: none)
+        sync_every = _sync_every(config, mesh)
+        prefetch = _Prefetch(batches(), depth) if depth > 0 else None
+        try:
+            pending = []  # steps dispatched but not yet read back
+            for step, epoch, rows, batch in prefetch if prefetch is not None else batches():
+                state, m_dev = step_fn(state, batch, jax.random.fold_in(key, step))
+                pending.append((step, epoch, rows, m_dev))
+                last = step + 1 == e
+                final = last and p.index == len(plans) - 1
+                stats_due = method.has_statistics and ((refresh and (step + 1 - b) % refresh == 0) or final)
+                log_due = (step + 1) % config.train.log_every_steps == 0 or last
+                ckpt_due = (step + 1) % config.train.checkpoint_every_steps == 0 or last
+                if len(pending) < sync_every and not (stats_due or log_due or ckpt_due):
+                    continue  # let the device run ahead; read these metrics later
+                for s_, epoch_, rows_, md in pending:  # waits for the steps (on CPU every step: sync_every 1)
+                    m = {name: float(v) for name, v in md.items()}
+                    _check_finite(m, category, s_, stage.name, epoch_, [train.paths[r] for r in rows_], ckpt)
+                bar.set_postfix(loss=f"{m['loss']:.4g}", refresh=False)
+                bar.update(len(pending))
+                pending.clear()
+                if stats_due:
+                    with _phase(ctx, "statistics"):
+                        state = fit_statistics(method, state, train, mesh, eval_bs, stats_fn)
+                    writer.write(step + 1, {f"train/{stage.name}/statistics_refit": 1.0})
+                if log_due:
+                    if schedule is not None:
+                        m["lr"] = float(schedule(step - b))  # the rate of this step's update (optax count)
+                    writer.write(step + 1, {f"train/{stage.name}/{name}": v for name, v in m.items()})
+                if ckpt_due:
+                    ckpt.save(step + 1, state, force=True)
+                    timer.save()
+        finally:
+            if prefetch is not None:
+                prefetch.close()
         bar.close()
         start = e
     ckpt.wait()
@@ -345,9 +468,9 @@ def holdout_split(config, train: data_lib.Split) -> tuple[data_lib.Split, data_l
     return train.subset(np.setdiff1d(np.arange(n), rows), "fit"), train.subset(rows, "holdout")
 
 
-def fit_threshold(method, config, state, holdout: data_lib.Split, mesh) -> dict:
+def fit_threshold(method, config, state, holdout: data_lib.Split, mesh, ctx: RunContext | None = None) -> dict:
     """The image threshold: ``eval.threshold.quantile`` of the held-out normal images' scores."""
-    _, scores, _ = score_split(method, config, state, holdout, mesh, desc="threshold")
+    _, scores, _ = score_split(method, config, state, holdout, mesh, desc="threshold", ctx=ctx)
     q = float(config.eval.threshold.quantile)
     return {
         "source": "holdout",
@@ -360,16 +483,16 @@ def fit_threshold(method, config, state, holdout: data_lib.Split, mesh) -> dict:
 
 
 def score_split(
-    method, config, state, split: data_lib.Split, mesh, desc: str = "evaluate"
+    method, config, state, split: data_lib.Split, mesh, desc: str = "evaluate", ctx: RunContext | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Anomaly maps and image scores of ``split``; inference images/s (compile excluded)."""
     bs = int(config.eval.batch_size)
     parallel.check_batch_size(bs, "eval.batch_size")
-    score = parallel.jit_score(mesh, method.score, num_args=3)
+    score = _Fn(ctx, "score", lambda: parallel.jit_score(mesh, method.score, num_args=3))
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     n_batches = -(-len(split) // bs)
     _, first = next(_padded_batches(split, bs))
-    jax.block_until_ready(score(state, parallel.global_batch(mesh, first), key))  # compile
+    jax.block_until_ready(score(state, parallel.global_batch(mesh, first), key))  # compile (and warm up)
     maps, scores = [], []
     t0 = time.perf_counter()
     bar = tqdm(total=n_batches, desc=desc, disable=not _is_main(), leave=False, mininterval=_BAR_INTERVAL)
@@ -385,12 +508,12 @@ def score_split(
 
 
 def evaluate_category(
-    method, config, state, test: data_lib.Split, mesh, threshold: dict | None = None
+    method, config, state, test: data_lib.Split, mesh, threshold: dict | None = None, ctx: RunContext | None = None
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Anomaly maps and scores of the test split; metrics; inference throughput (compile excluded);
     with a ``threshold`` (:func:`fit_threshold`) also ``image_precision``, ``image_recall``,
     ``image_f1``, ``image_false_alarm_rate`` and ``image_miss_rate`` at it."""
-    maps, scores, images_per_s = score_split(method, config, state, test, mesh)
+    maps, scores, images_per_s = score_split(method, config, state, test, mesh, ctx=ctx)
     bad = [p for p, s, m in zip(test.paths, scores, maps) if not (np.isfinite(s) and np.all(np.isfinite(m)))]
     if bad:
         raise TrainingDiverged(
@@ -424,65 +547,104 @@ def example_batch(method, train: data_lib.Split) -> dict:
     return example
 
 
-def run_category(config, workdir: pathlib.Path, root: pathlib.Path, category: str, mode: str) -> dict:
-    cfg = models.configure(config, category)
-    cat_dir = workdir / category
-    cat_dir.mkdir(parents=True, exist_ok=True)
-    reader = data_lib.get_reader(cfg.data.layout)
-    size = int(cfg.data.image_size)
-    method = models.build(cfg)
-    notes = list(method.notes) + ([method.extractor.note] if method.extractor and method.extractor.note else [])
-    for note in notes:
-        log.warning("%s: %s", category, note)
-    mesh = parallel.make_mesh()
-    cache = FeatureCache(
-        cat_dir / "features", mesh, int(cfg.eval.batch_size), int(cfg.data.feature_cache_memory_mb) * 2**20
-    )
-    train, holdout = holdout_split(cfg, reader.load_split(root, category, "train", size, resize=cfg.data.resize))
-    # the test split is read (every image and mask decoded and checked) before training, not after it
-    test = reader.load_split(root, category, "test", size, resize=cfg.data.resize)
-    rng = jax.random.PRNGKey(cfg.seed)
-    state = parallel.to_replicated(mesh, method.init(rng, example_batch(method, train)))
-    ckpt = Checkpointer(cat_dir / "checkpoints")
-    ckpt.check_model(model_signature(str(cfg.model.name), state))
+def run_category(
+    config,
+    workdir: pathlib.Path,
+    root: pathlib.Path,
+    category: str,
+    mode: str,
+    compiled: CompileCache | None = None,
+    methods: dict | None = None,
+) -> dict:
+    """Train and/or evaluate one category. ``compiled`` and ``methods`` are shared by the categories
+    of a run: a category whose method config equals an earlier one's reuses its method and its
+    compiled executables. The result has ``time_s``: seconds per phase (:class:`Timings`)."""
+    timings = Timings()
+    with timings.phase("data"):
+        cfg = models.configure(config, category)
+        key = method_key(cfg)
+        methods = {} if methods is None else methods
+        if key not in methods:
+            methods[key] = models.build(cfg)
+        method = methods[key]
+        ctx = RunContext(compiled if compiled is not None else CompileCache(), timings, key)
+        cat_dir = workdir / category
+        cat_dir.mkdir(parents=True, exist_ok=True)
+        reader = data_lib.get_reader(cfg.data.layout)
+        size = int(cfg.data.image_size)
+        notes = list(method.notes) + ([method.extractor.note] if method.extractor and method.extractor.note else [])
+        for note in notes:
+            log.warning("%s: %s", category, note)
+        mesh = parallel.make_mesh()
+        cache = FeatureCache(
+            cat_dir / "features",
+            mesh,
+            int(cfg.eval.batch_size),
+            int(cfg.data.feature_cache_memory_mb) * 2**20,
+            compiled=ctx.compiled,
+            timings=timings,
+        )
+        train, holdout = holdout_split(cfg, reader.load_split(root, category, "train", size, resize=cfg.data.resize))
+        # the test split is read (every image and mask decoded and checked) before training, not after it
+        test = reader.load_split(root, category, "test", size, resize=cfg.data.resize)
+        rng = jax.random.PRNGKey(cfg.seed)
+        state = parallel.to_replicated(mesh, method.init(rng, example_batch(method, train)))
+        ckpt = Checkpointer(cat_dir / "checkpoints")
+        ckpt.check_model(model_signature(str(cfg.model.name), state))
     writer = ScalarWriter(workdir, category)
+
+    def attach(split):
+        with timings.phase("features"):
+            return cache.attach(method.extractor, split)
+
     try:
         if mode in ("train", "all"):
-            train = cache.attach(method.extractor, train)
-            state, train_time = train_category(method, cfg, train, category, cat_dir, mesh, ckpt, writer, state)
+            train = attach(train)
+            with timings.phase("train"):
+                state, train_time = train_category(
+                    method, cfg, train, category, cat_dir, mesh, ckpt, writer, state, ctx
+                )
         else:
-            found = restore_newest(ckpt, plan_stages(method, cfg, len(train), category), state)
+            with timings.phase("data"):
+                found = restore_newest(ckpt, plan_stages(method, cfg, len(train), category), state)
             if found is None:
                 raise CheckpointError(f"no checkpoint in {ckpt.directory}: run with --mode=train or --mode=all first")
             state = parallel.to_replicated(mesh, found[0])
             if method.has_statistics and not jax.tree_util.tree_leaves(state.stats):
-                train = cache.attach(method.extractor, train)
-                state = fit_statistics(method, state, train, mesh, int(cfg.eval.batch_size))
+                train = attach(train)
+                with timings.phase("statistics"):
+                    state = fit_statistics(method, state, train, mesh, int(cfg.eval.batch_size), ctx=ctx)
             t = cat_dir / "train_time.json"
             train_time = json.loads(t.read_text())["seconds"] if t.exists() else float("nan")
         threshold = None
         if holdout is not None:
-            threshold = fit_threshold(method, cfg, state, cache.attach(method.extractor, holdout), mesh)
+            holdout = attach(holdout)
+            with timings.phase("evaluate"):
+                threshold = fit_threshold(method, cfg, state, holdout, mesh, ctx)
             if _is_main():
                 report.write_text_atomic(cat_dir / "threshold.json", json.dumps(threshold, indent=2, sort_keys=True))
         if mode == "train":
-            return {"train_time_s": train_time}
-        test = cache.attach(method.extractor, test)
-        result, maps, _ = evaluate_category(method, cfg, state, test, mesh, threshold)
+            return {"train_time_s": train_time, "time_s": timings.as_dict()}
+        test = attach(test)
+        with timings.phase("evaluate"):
+            result, maps, _ = evaluate_category(method, cfg, state, test, mesh, threshold, ctx)
         result["train_time_s"] = train_time
-        writer.write(int(jax.device_get(state.step)), report.flat_scalars(result, "eval"))
+        with timings.phase("report"):
+            writer.write(int(jax.device_get(state.step)), report.flat_scalars(result, "eval"))
+            if _is_main():
+                report.write_heatmaps(
+                    cat_dir / "heatmaps",
+                    test.images,
+                    test.masks,
+                    maps,
+                    test.defect_types,
+                    test.paths,
+                    int(cfg.eval.num_heatmaps),
+                )
+                for name, img in method.artifacts(state).items():
+                    report.save_image(cat_dir / f"{name}.png", img)
+        result["time_s"] = timings.as_dict()
         if _is_main():
-            report.write_heatmaps(
-                cat_dir / "heatmaps",
-                test.images,
-                test.masks,
-                maps,
-                test.defect_types,
-                test.paths,
-                int(cfg.eval.num_heatmaps),
-            )
-            for name, img in method.artifacts(state).items():
-                report.save_image(cat_dir / f"{name}.png", img)
             report.write_text_atomic(
                 cat_dir / "metrics.json", json.dumps({**result, "notes": notes}, indent=2, sort_keys=True)
             )
@@ -498,6 +660,8 @@ def run(
     """Train and/or evaluate every configured category; returns ``{category: metrics}``."""
     if mode not in MODES:
         raise ConfigError(f"--mode={mode!r}: use one of {MODES}")
+    cache_dir = enable_persistent_cache(str(config.get("compile_cache", "default")))
+    log.info("XLA compilation cache: %s", cache_dir or "off")
     workdir = workdir_lib.prepare(workdir)
     with workdir_lib.WorkdirLock(workdir) if _is_main() else contextlib.nullcontext():
         return _run_locked(config, workdir, mode, allow_config_change)
@@ -523,12 +687,17 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: 
             jax.devices()[0].platform,
             jax.process_count(),
         )
-    results = {}
+    results, compiled, methods = {}, CompileCache(), {}
     for category in categories:
-        results[category] = run_category(config, workdir, root, category, mode)
+        results[category] = run_category(config, workdir, root, category, mode, compiled, methods)
         if _is_main():
             log.info("%s: %s", category, json.dumps(report.rounded(results[category])))
+    if _is_main():
+        times = time_table({c: r["time_s"] for c, r in results.items()})
+        log.info("where the time went (s; %d executables compiled in this run):\n%s", compiled.compiled, times)
     if _is_main() and mode != "train":
         table = report.write_summary(workdir, results, config.to_json_best_effort())
-        print("\n" + table, flush=True)
+        print("\n" + table + "\nWhere the time went (s):\n\n" + times, flush=True)
+    elif _is_main():
+        print("\nWhere the time went (s):\n\n" + times, flush=True)
     return results

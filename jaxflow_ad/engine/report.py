@@ -202,6 +202,10 @@ def write_summary(workdir: pathlib.Path, results: Mapping[str, Mapping[str, floa
             "\nI-P@t, I-R@t, I-F1@t: image precision, recall and F1 at the threshold chosen on normal "
             "training images held out of training (<category>/threshold.json).\n"
         )
+    if all(isinstance(r.get("time_s"), Mapping) for r in results.values()):
+        from jaxflow_ad.engine.timing import time_table
+
+        text += "\nWhere the time went (s):\n\n" + time_table({c: r["time_s"] for c, r in results.items()})
     if any(r.get("per_defect") for r in results.values()):
         text += "\nPer defect kind (its images against the good ones):\n\n" + defect_table(results)
     write_text_atomic(workdir / "results.md", text)

@@ -39,6 +39,9 @@ FREE_KEYS = (
     "data.feature_cache_memory_mb",
     "train.log_every_steps",
     "train.checkpoint_every_steps",
+    "train.prefetch",
+    "train.sync_every",
+    "compile_cache",
 )
 
 

@@ -39,7 +39,7 @@ def _saved(workdir, step):
 
 def _metrics(workdir):
     m = json.loads((pathlib.Path(workdir) / "toy" / "metrics.json").read_text())
-    return {k: v for k, v in m.items() if k not in ("train_time_s", "images_per_s")}
+    return {k: v for k, v in m.items() if k not in ("train_time_s", "images_per_s", "time_s")}
 
 
 def test_two_stages_mask_cache_and_statistics(tmp_path):

@@ -44,7 +44,7 @@ def _steps(workdir) -> list[int]:
 
 def _metrics(workdir):
     m = json.loads((pathlib.Path(workdir) / "toy" / "metrics.json").read_text())
-    return {k: v for k, v in m.items() if k not in ("train_time_s", "images_per_s")}
+    return {k: v for k, v in m.items() if k not in ("train_time_s", "images_per_s", "time_s")}
 
 
 def _pf_on(root: pathlib.Path) -> object:

@@ -1,0 +1,136 @@
+"""Issue 18: executables compiled once per run and shared by categories, host work in a prefetch thread,
+the persistent compilation cache, and the time table."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from jaxflow_ad import data, engine
+from jaxflow_ad.engine.loop import _Prefetch
+from jaxflow_ad.engine.timing import PHASES, Timings
+from tests.engine import toy_method as toy
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+data.LAYOUTS["toy_two"] = data.Reader(
+    name="toy_two",
+    modalities=("image", "xyz"),
+    spatial=("image", "xyz"),
+    splits=("train", "test"),
+    list_categories=lambda root: ["toy", "twin"],
+    load_split=lambda root, category, split, image_size, **options: toy._split(category, split),
+)
+
+
+def test_a_second_category_with_the_same_config_compiles_nothing(tmp_path, caplog):
+    cfg = toy.get_config()
+    cfg.data.layout = "toy_two"
+    with caplog.at_level("INFO", "jaxflow_ad"):
+        results = engine.run(cfg, tmp_path, "all")
+    first, second = results["toy"]["time_s"], results["twin"]["time_s"]
+    assert first["compile"] > 0 and second["compile"] == 0.0, (first, second)
+    assert set(first) == set(PHASES) | {"total"} and first["train"] > 0 and first["evaluate"] > 0
+    m = json.loads((tmp_path / "twin" / "metrics.json").read_text())
+    assert m["time_s"] == second
+    assert "Where the time went" in (tmp_path / "results.md").read_text()
+    assert "executables compiled in this run" in caplog.text
+    # the same data gives the same numbers: the shared executables are the right ones
+    strip = ("time_s", "train_time_s", "images_per_s")
+    assert {k: v for k, v in results["toy"].items() if k not in strip} == {
+        k: v for k, v in results["twin"].items() if k not in strip
+    }
+
+
+def test_prefetch_gives_the_same_model_as_none(tmp_path):
+    out = {}
+    for depth in (0, 3):
+        cfg = toy.get_config()
+        cfg.train.prefetch = depth
+        r = engine.run(cfg, tmp_path / str(depth), "all")["toy"]
+        out[depth] = {k: v for k, v in r.items() if k not in ("time_s", "train_time_s", "images_per_s")}
+    assert out[0] == out[3]
+
+
+def test_prefetch_thread_keeps_order_runs_ahead_and_raises_in_place():
+    made = []
+
+    def items():
+        for i in range(6):
+            made.append(i)
+            if i == 4:
+                raise ValueError("bad batch 4")
+            yield i
+
+    it = iter(_Prefetch(items(), depth=2))
+    assert next(it) == 0
+    time.sleep(0.2)
+    assert len(made) >= 3  # prepared ahead while the consumer was busy
+    assert [next(it) for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(ValueError, match="bad batch 4"):
+        next(it)
+    p = _Prefetch(iter(range(1000)), depth=2)
+    p.close()
+    assert not any(t.name == "jaxflow_ad-prefetch" and t.is_alive() for t in threading.enumerate() if t is p._thread)
+
+
+def test_timings_take_nested_phases_out_of_the_outer_one():
+    t = Timings()
+    with t.phase("train"):
+        time.sleep(0.05)
+        t.add("compile", 0.02)
+        with t.phase("statistics"):
+            time.sleep(0.03)
+    d = t.as_dict()
+    assert d["compile"] == 0.02 and 0.025 <= d["statistics"] < 0.1 and 0.02 < d["train"] < 0.1
+    assert d["total"] == pytest.approx(sum(d[p] for p in PHASES), abs=2e-3)
+
+
+@pytest.mark.timeout(300)
+def test_the_persistent_cache_makes_a_second_run_compile_almost_nothing(tmp_path):
+    """Two command-line runs of the toy in fresh workdirs with one (empty) cache folder: the second
+    loads what the first compiled."""
+    cache = tmp_path / "xla"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", JAXFLOW_AD_CACHE=str(cache))
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the toy's programs are tiny
+    compile_s = []
+    for name in ("cold", "warm"):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "tests/engine/toy_method.py"), str(tmp_path / name)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"XLA compilation cache: {cache}" in proc.stderr
+        compile_s.append(json.loads((tmp_path / name / "toy" / "metrics.json").read_text())["time_s"]["compile"])
+    assert any(cache.iterdir())
+    assert compile_s[1] < 0.5 * compile_s[0], compile_s
+
+
+def test_reading_metrics_every_few_steps_changes_nothing_and_still_names_a_nan(tmp_path):
+    out = {}
+    for every in ("1", "5"):
+        cfg = toy.get_config()
+        cfg.train.sync_every = every
+        r = engine.run(cfg, tmp_path / str(every), "all")["toy"]
+        out[int(every)] = {k: v for k, v in r.items() if k not in ("time_s", "train_time_s", "images_per_s")}
+    assert out[1] == out[5]
+    log = [json.loads(line) for line in (tmp_path / "5" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "train/align/loss" in r] == list(range(1, 9))  # log_every_steps=1
+    cfg = toy.get_config()
+    cfg.train.update(sync_every="5", nan_step=12, checkpoint_every_steps=1000)
+    from jaxflow_ad.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"loss = nan at step 12 "):
+        engine.run(cfg, tmp_path / "nan", "all")
+    steps = sorted(int(p.name) for p in (tmp_path / "nan" / "toy" / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [8]
