@@ -38,5 +38,12 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     # an image threshold chosen on normal images held out of training: this fraction of
     # train/good (0 = none, no threshold) and the quantile of their scores; precision, recall
     # and F1 at it are reported beside the threshold-free metrics (<category>/threshold.json)
-    c.eval.threshold = ml_collections.ConfigDict(dict(holdout=0.0, quantile=0.99))
+    c.eval.threshold = ml_collections.ConfigDict(dict(holdout=0.0, quantile=0.99, pixel_quantile=0.999))
+
+    # --mode=predict: score new images with the trained workdir (jaxflow_ad/engine/predict.py)
+    c.predict = ml_collections.ConfigDict()
+    c.predict.input = ""  # a folder (recursive), a glob, or a text file with one image path per line
+    c.predict.output = ""  # "" = <workdir>/<category>/predictions
+    c.predict.category = ""  # "" = the workdir's only trained category
+    c.predict.threshold = ""  # "" = the saved one (threshold.json); a number sets the image threshold by hand
     return c

@@ -23,7 +23,9 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pyramidflow.py[:smoke].")
 flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and reports go.")
-flags.DEFINE_enum("mode", "all", ["train", "eval", "all"], "train, eval, or all (train then eval).")
+flags.DEFINE_enum(
+    "mode", "all", ["train", "eval", "all", "predict"], "train, eval, all (train then eval), or predict (new images)."
+)
 flags.DEFINE_bool("verbose", False, "Print the traceback of errors the user can fix, too.")
 flags.DEFINE_bool(
     "allow_config_change", False, "Resume a workdir whose checkpoints were trained with other settings (recorded)."

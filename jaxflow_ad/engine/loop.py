@@ -57,7 +57,7 @@ from jaxflow_ad.errors import CheckpointError, ConfigError, TrainingDiverged
 from jaxflow_ad.models import base
 
 log = logging.getLogger("jaxflow_ad")
-MODES = ("train", "eval", "all")
+MODES = ("train", "eval", "all", "predict")
 _BAR_INTERVAL = 0.1 if sys.stderr.isatty() else 30.0  # a log file gets a line every 30 s
 
 
@@ -469,16 +469,23 @@ def holdout_split(config, train: data_lib.Split) -> tuple[data_lib.Split, data_l
 
 
 def fit_threshold(method, config, state, holdout: data_lib.Split, mesh, ctx: RunContext | None = None) -> dict:
-    """The image threshold: ``eval.threshold.quantile`` of the held-out normal images' scores."""
-    _, scores, _ = score_split(method, config, state, holdout, mesh, desc="threshold", ctx=ctx)
+    """The image threshold: ``eval.threshold.quantile`` of the held-out normal images' scores; the pixel
+    threshold: ``eval.threshold.pixel_quantile`` of all their map values (for predicted masks); with the
+    lowest of each, the anchors of :func:`~jaxflow_ad.metrics.normalize_scores`."""
+    maps, scores, _ = score_split(method, config, state, holdout, mesh, desc="threshold", ctx=ctx)
     q = float(config.eval.threshold.quantile)
+    pq = float(config.eval.threshold.get("pixel_quantile", 0.999))
     return {
         "source": "holdout",
         "images": len(holdout),
         "quantile": q,
         "image": metrics_lib.quantile_threshold(scores, q),
+        "holdout_min": float(np.min(scores)),
         "holdout_median": float(np.median(scores)),
         "holdout_max": float(np.max(scores)),
+        "pixel_quantile": pq,
+        "pixel": metrics_lib.quantile_threshold(maps, pq),
+        "pixel_min": float(np.min(maps)),
     }
 
 
@@ -567,7 +574,9 @@ def run_category(
         if key not in methods:
             methods[key] = models.build(cfg)
         method = methods[key]
-        ctx = RunContext(compiled if compiled is not None else CompileCache(), timings, key)
+        ctx = RunContext(
+            compiled if compiled is not None else CompileCache(), timings, method_key(cfg, device_only=True)
+        )
         cat_dir = workdir / category
         cat_dir.mkdir(parents=True, exist_ok=True)
         reader = data_lib.get_reader(cfg.data.layout)
@@ -589,6 +598,8 @@ def run_category(
         test = reader.load_split(root, category, "test", size, resize=cfg.data.resize)
         rng = jax.random.PRNGKey(cfg.seed)
         state = parallel.to_replicated(mesh, method.init(rng, example_batch(method, train)))
+        if _is_main():  # what --mode=predict needs to restore without reading the data
+            report.write_text_atomic(cat_dir / "plan.json", json.dumps({"train_images": len(train)}))
         ckpt = Checkpointer(cat_dir / "checkpoints")
         ckpt.check_model(model_signature(str(cfg.model.name), state))
     writer = ScalarWriter(workdir, category)
@@ -627,7 +638,7 @@ def run_category(
             return {"train_time_s": train_time, "time_s": timings.as_dict()}
         test = attach(test)
         with timings.phase("evaluate"):
-            result, maps, _ = evaluate_category(method, cfg, state, test, mesh, threshold, ctx)
+            result, maps, scores = evaluate_category(method, cfg, state, test, mesh, threshold, ctx)
         result["train_time_s"] = train_time
         with timings.phase("report"):
             writer.write(int(jax.device_get(state.step)), report.flat_scalars(result, "eval"))
@@ -643,6 +654,7 @@ def run_category(
                 )
                 for name, img in method.artifacts(state).items():
                     report.save_image(cat_dir / f"{name}.png", img)
+                report.write_scores_csv(cat_dir / "scores.csv", test, scores, threshold)
         result["time_s"] = timings.as_dict()
         if _is_main():
             report.write_text_atomic(
@@ -667,6 +679,48 @@ def run(
         return _run_locked(config, workdir, mode, allow_config_change)
 
 
+def predict_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    """``--mode=predict``: each trained category of ``workdir`` (or ``predict.category``) scores
+    ``predict.input`` (:mod:`jaxflow_ad.engine.predict`); nothing of the dataset is read."""
+    from jaxflow_ad.engine.predict import predict_category
+
+    trained = sorted(p.parent.name for p in workdir.glob("*/plan.json"))
+    wanted = str(config.predict.get("category", "")) or None
+    if wanted is None and len(trained) != 1:
+        raise ConfigError(
+            f"{workdir} holds {len(trained)} trained categories {trained}: choose one with --config.predict.category"
+        )
+    category = wanted or trained[0]
+    if category not in trained:
+        raise CheckpointError(f"no trained category {category!r} in {workdir} (trained: {trained})")
+    cfg = models.configure(config, category)
+    method = models.build(cfg)
+    mesh = parallel.make_mesh()
+    cat_dir = workdir / category
+    n = json.loads((cat_dir / "plan.json").read_text())["train_images"]
+    size = int(cfg.data.image_size)
+    example = {"image": np.zeros((1, size, size, 3), np.uint8)}
+    if method.extractor is not None:
+        example["features"] = {
+            t: np.zeros(s, np.float32) for t, s in method.extractor.output_shapes((1, size, size, 3)).items()
+        }
+    state = method.init(jax.random.PRNGKey(cfg.seed), example)
+    ckpt = Checkpointer(cat_dir / "checkpoints")
+    try:
+        ckpt.check_model(model_signature(str(cfg.model.name), state))
+        found = restore_newest(ckpt, plan_stages(method, cfg, n, category), state)
+    finally:
+        ckpt.close()
+    if found is None:
+        raise CheckpointError(f"no checkpoint in {ckpt.directory}: train first (--mode=train or --mode=all)")
+    state = parallel.to_replicated(mesh, found[0])
+    if method.has_statistics and not jax.tree_util.tree_leaves(state.stats):
+        raise CheckpointError(f"the checkpoint in {ckpt.directory} has no fitted statistics: run --mode=eval once")
+    t = cat_dir / "threshold.json"
+    threshold = json.loads(t.read_text()) if t.exists() else None
+    return {category: predict_category(method, cfg, state, category, cat_dir, mesh, threshold)}
+
+
 def _run_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str, allow_change: bool) -> dict:
     models.check_config(config)
     for key in ("train.batch_size", "eval.batch_size"):  # before any data is read or anything is built
@@ -674,6 +728,8 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: 
         if name in config[section]:
             parallel.check_batch_size(config[section][name], key)
     config, write_config = workdir_lib.reconcile_config(workdir, config, mode, allow_change)
+    if mode == "predict":
+        return predict_workdir(config, workdir)
     root, categories = resolve_data(config)
     check_data(config, root, categories)
     if _is_main():

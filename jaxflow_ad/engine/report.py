@@ -176,6 +176,27 @@ def results_table(results: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def write_scores_csv(path: pathlib.Path, split, scores: np.ndarray, threshold: Mapping | None) -> None:
+    """One row per image of ``split``: path, label, defect type, score and, with a threshold, the
+    normalised score and the decision (the columns of ``--mode=predict``'s predictions.csv)."""
+    import csv
+    import io
+
+    from jaxflow_ad.metrics import normalize_scores
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "defect_type", "score", "normalized", "decision", "threshold"])
+    t = float(threshold["image"]) if threshold else None
+    low = float(threshold.get("holdout_min", np.nan)) if threshold else None
+    for p, y, d, s in zip(split.paths, split.labels, split.defect_types, scores):
+        norm = "" if t is None or not np.isfinite(low) else f"{float(normalize_scores(np.float64(s), t, low)):.6f}"
+        w.writerow(
+            [p, int(y), d, f"{float(s):.8g}", norm, "" if t is None else int(s >= t), "" if t is None else f"{t:.8g}"]
+        )
+    write_text_atomic(path, buf.getvalue())
+
+
 def write_summary(workdir: pathlib.Path, results: Mapping[str, Mapping[str, float]], config_json: str) -> str:
     """``metrics.json`` and ``results.md``; returns the table.
 

@@ -105,13 +105,23 @@ class CompileCache:
         return self._store[full]
 
 
-def method_key(config) -> str:
-    """The identity of a method's computation: its per-category config without the keys that only say
-    where data comes from or how results are reported (they do not change what is compiled)."""
+# keys read only on the host (by Method.augment inside Stage.prepare_batch, which the contract keeps
+# outside jit): they change the batches, not the compiled step
+HOST_ONLY_KEYS = (("data", "augment"),)
+
+
+def method_key(config, *, device_only: bool = False) -> str:
+    """The identity of a method: its per-category config without the keys that only say where data
+    comes from (``data.root``, ``data.categories``) or how compilation is cached. With
+    ``device_only`` also without :data:`HOST_ONLY_KEYS`: the identity of its compiled executables
+    (textures, augmented, and objects, not, share them)."""
     d = json.loads(config.to_json_best_effort())
     d.get("data", {}).pop("categories", None)
     d.get("data", {}).pop("root", None)
     d.pop("compile_cache", None)
+    if device_only:
+        for section, key in HOST_ONLY_KEYS:
+            d.get(section, {}).pop(key, None)
     return json.dumps(d, sort_keys=True)
 
 

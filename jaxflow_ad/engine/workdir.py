@@ -42,6 +42,7 @@ FREE_KEYS = (
     "train.prefetch",
     "train.sync_every",
     "compile_cache",
+    "predict.",
 )
 
 
@@ -188,7 +189,7 @@ def reconcile_config(
     diffs = config_differences(saved, new)
     fixed = {k: v for k, v in diffs.items() if not _free(k)}
     free = {k: v for k, v in diffs.items() if _free(k)}
-    if mode == "eval":
+    if mode in ("eval", "predict"):
         if fixed:
             log.warning(
                 "--mode=eval uses the config %s was trained with; these command-line values are ignored: %s",

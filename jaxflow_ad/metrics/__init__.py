@@ -27,11 +27,12 @@ from jaxflow_ad.metrics.classification import (
 )
 from jaxflow_ad.metrics.evaluate import DEFECT_KEYS, METRIC_KEYS, evaluate, evaluate_by_defect
 from jaxflow_ad.metrics.resize import resize_maps, resize_masks
-from jaxflow_ad.metrics.threshold import AT_THRESHOLD_KEYS, classification_at, quantile_threshold
+from jaxflow_ad.metrics.threshold import AT_THRESHOLD_KEYS, classification_at, normalize_scores, quantile_threshold
 
 __all__ = [
     "AT_THRESHOLD_KEYS",
     "classification_at",
+    "normalize_scores",
     "quantile_threshold",
     "DegenerateMetricWarning",
     "METRIC_KEYS",

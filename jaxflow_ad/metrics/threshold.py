@@ -22,6 +22,16 @@ from jaxflow_ad.metrics._inputs import check_image_inputs
 AT_THRESHOLD_KEYS = ("precision", "recall", "f1", "false_alarm_rate", "miss_rate")
 
 
+def normalize_scores(scores, threshold: float, low: float):
+    """Scores mapped to [0, 1] with the threshold at 0.5: linear from ``low`` (0; the lowest score of
+    the held-out normal images) to ``threshold`` (0.5), continued with the same slope above it, clipped.
+    A "min-max" normalisation whose maximum is replaced by the threshold, so that a decision is simply
+    ``normalized >= 0.5`` whatever the method's score scale. Works on NumPy and JAX arrays alike
+    (only arithmetic and ``clip``), so an exported scorer computes it in its graph."""
+    span = max(float(threshold) - float(low), 1e-12)
+    return (0.5 + 0.5 * (scores - float(threshold)) / span).clip(0.0, 1.0)
+
+
 def quantile_threshold(normal_scores, quantile: float) -> float:
     """The ``quantile`` of ``normal_scores`` (NumPy's linear interpolation); 1.0 is their maximum.
 
