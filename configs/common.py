@@ -34,7 +34,7 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     c.eval.fpr_limit = 0.3  # AUPRO integrated to this FPR, divided by it
     c.eval.resolution = "native"  # native (each mask's size) or an int
     c.eval.mask_resize = "nearest"  # with an int resolution: nearest | bilinear_round | cv2_exact
-    c.eval.num_heatmaps = 2  # figures per defect kind
+    c.eval.num_heatmaps = 2  # figures per defect kind (-1: all), highest-scored good and lowest-scored defects first
     # an image threshold chosen on normal images held out of training: this fraction of
     # train/good (0 = none, no threshold) and the quantile of their scores; precision, recall
     # and F1 at it are reported beside the threshold-free metrics (<category>/threshold.json)

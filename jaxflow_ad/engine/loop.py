@@ -42,6 +42,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from jaxflow_ad import data as data_lib
@@ -537,6 +538,7 @@ def evaluate_category(
         test.labels, scores, test.masks, maps, test.defect_types, **protocol
     )
     if threshold is not None:
+        result["operating_point"] = report.operating_point(test.labels, scores, test.defect_types, threshold["image"])
         at = metrics_lib.classification_at(test.labels, scores, threshold["image"])
         result.update({f"image_{k}": at[k] for k in metrics_lib.AT_THRESHOLD_KEYS})
         result["threshold"] = {**threshold, **{k: at[k] for k in ("tp", "fp", "fn", "tn")}}
@@ -643,7 +645,7 @@ def run_category(
         with timings.phase("report"):
             writer.write(int(jax.device_get(state.step)), report.flat_scalars(result, "eval"))
             if _is_main():
-                report.write_heatmaps(
+                written = report.write_heatmaps(
                     cat_dir / "heatmaps",
                     test.images,
                     test.masks,
@@ -651,6 +653,18 @@ def run_category(
                     test.defect_types,
                     test.paths,
                     int(cfg.eval.num_heatmaps),
+                    scores,
+                )
+                writer.write_images(  # the first panel of each kind (the most telling one)
+                    int(jax.device_get(state.step)),
+                    {
+                        f"heatmaps/{n.split('_')[0]}": np.asarray(Image.open(cat_dir / "heatmaps" / n))
+                        for n in written
+                        if "_00_" in n
+                    },
+                )
+                report.score_histogram(
+                    cat_dir / "score_histogram.png", test.labels, scores, threshold["image"] if threshold else None
                 )
                 for name, img in method.artifacts(state).items():
                     report.save_image(cat_dir / f"{name}.png", img)

@@ -88,22 +88,80 @@ def write_heatmaps(
     defect_types: Sequence[str],
     paths: Sequence[str],
     per_kind: int,
+    scores: np.ndarray | None = None,
 ) -> list[str]:
-    """A few figures for every defect kind (and 'good'); colour range shared by the category.
+    """Figures per defect kind (and 'good'), ``per_kind`` of each (-1: all); colour range shared by
+    the category. With ``scores``, the ones worth a look come first: the highest-scored good images
+    (false alarms in waiting) and the lowest-scored defects (misses in waiting), and the file names
+    carry that rank (``good_00_<stem>.png``).
 
     ``images`` are uint8 [N, H, W, 3] (``Split.images``) or float in [0, 1].
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     lo, hi = float(np.min(maps)), float(np.max(maps))
+    order = np.arange(len(defect_types))
+    if scores is not None:
+        s = np.asarray(scores, np.float64)
+        key = np.array([-v if k == "good" else v for k, v in zip(defect_types, s)])
+        order = np.argsort(key, kind="stable")
     written, seen = [], {}
-    for i, kind in enumerate(defect_types):
-        if seen.get(kind, 0) >= per_kind:
+    for i in order:
+        kind = defect_types[i]
+        rank = seen.get(kind, 0)
+        if 0 <= per_kind <= rank:
             continue
-        seen[kind] = seen.get(kind, 0) + 1
-        name = f"{kind}_{pathlib.Path(paths[i]).stem}.png"
+        seen[kind] = rank + 1
+        stem = pathlib.Path(paths[i]).stem
+        name = f"{kind}_{rank:02d}_{stem}.png" if scores is not None else f"{kind}_{stem}.png"
         Image.fromarray(heatmap_panel(images[i], masks[i], maps[i], lo, hi)).save(out_dir / name)
         written.append(name)
     return written
+
+
+def operating_point(labels, scores, defect_types, threshold: float) -> dict:
+    """At ``threshold`` (``score >= threshold`` is anomalous): the false-alarm rate on good images and,
+    per defect kind, the miss rate, with counts."""
+    s, y = np.asarray(scores, np.float64), np.asarray(labels)
+    kinds = np.asarray(defect_types)
+    good = y == 0
+    out = {"threshold": float(threshold), "good_images": int(good.sum())}
+    out["false_alarm_rate"] = float(np.mean(s[good] >= threshold)) if good.any() else float("nan")
+    out["per_defect"] = {
+        str(k): {"images": int((kinds == k).sum()), "miss_rate": float(np.mean(s[kinds == k] < threshold))}
+        for k in sorted(set(kinds[~good].tolist()))
+    }
+    return out
+
+
+def score_histogram(path: pathlib.Path, labels, scores, threshold: float | None = None, bins: int = 30) -> None:
+    """A PNG histogram of the scores of good (blue) and defective (red) images, with the threshold
+    (a black line) when there is one. Drawn with PIL: no plotting library needed."""
+    from PIL import ImageDraw
+
+    s, y = np.asarray(scores, np.float64), np.asarray(labels)
+    lo, hi = float(s.min()), float(s.max())
+    if threshold is not None:
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    hi = hi if hi > lo else lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    counts = [np.histogram(s[y == c], edges)[0] for c in (0, 1)]
+    w, h, pad = 480, 240, 24
+    img = Image.new("RGB", (w, h + 2 * pad), "white")
+    d = ImageDraw.Draw(img)
+    top = max(1, max(int(c.max()) if c.size else 0 for c in counts))
+    bw = (w - 2 * pad) / bins
+    for c, colour, shift in ((counts[0], (60, 110, 220), 0.0), (counts[1], (220, 60, 60), 0.5)):
+        for j, n in enumerate(c):
+            if n:
+                x0 = pad + (j + shift * 0.5) * bw
+                d.rectangle((x0, pad + h * (1 - n / top), x0 + bw * 0.5, pad + h), fill=colour)
+    if threshold is not None:
+        x = pad + (threshold - lo) / (hi - lo) * (w - 2 * pad)
+        d.line((x, pad, x, pad + h), fill="black", width=2)
+    d.text((pad, 4), f"good (blue) {int((y == 0).sum())}  defective (red) {int((y == 1).sum())}", fill="black")
+    d.text((pad, h + pad + 6), f"score {lo:.4g} .. {hi:.4g}", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
 
 
 def save_image(path: pathlib.Path, image: np.ndarray) -> None:
@@ -223,6 +281,16 @@ def write_summary(workdir: pathlib.Path, results: Mapping[str, Mapping[str, floa
             "\nI-P@t, I-R@t, I-F1@t: image precision, recall and F1 at the threshold chosen on normal "
             "training images held out of training (<category>/threshold.json).\n"
         )
+    ops = {c: r["operating_point"] for c, r in results.items() if isinstance(r.get("operating_point"), Mapping)}
+    if ops:
+        text += (
+            "\nAt the saved threshold (threshold.json): false alarms on good images, misses per defect kind (%):\n\n"
+            "| category | threshold | false alarms (good) | misses per defect kind |\n|---|---|---|---|\n"
+        )
+        for c, op in ops.items():
+            kinds = ", ".join(f"{k} {100 * v['miss_rate']:.0f} ({v['images']})" for k, v in op["per_defect"].items())
+            alarms = f"{100 * op['false_alarm_rate']:.0f} ({op['good_images']})"
+            text += f"| {c} | {op['threshold']:.4g} | {alarms} | {kinds} |\n"
     if all(isinstance(r.get("time_s"), Mapping) for r in results.values()):
         from jaxflow_ad.engine.timing import time_table
 

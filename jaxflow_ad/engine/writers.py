@@ -11,6 +11,7 @@ import pathlib
 import time
 
 import jax
+import numpy as np
 
 
 def _tensorboard_writer(logdir: pathlib.Path):
@@ -48,6 +49,16 @@ class ScalarWriter:
             for k, v in scalars.items():
                 self._tb.add_scalar(k, v, step)
         self._jsonl.write(json.dumps({"time": time.time(), "tag": self.tag, "step": step, **scalars}) + "\n")
+
+    def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        """uint8 ``[H, W, 3]`` images to TensorBoard (e.g. a few heatmap panels per category)."""
+        if not self.enabled or not images:
+            return
+        if self.kind == "clu":
+            self._tb.write_images(step, {k: np.asarray(v)[None] for k, v in images.items()})
+        else:
+            for k, v in images.items():
+                self._tb.add_image(k, np.asarray(v), step, dataformats="HWC")
 
     def close(self) -> None:
         if self.enabled:

@@ -68,3 +68,28 @@ def test_write_text_atomic_never_leaves_a_truncated_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     report.write_text_atomic(path, '{"seconds": 3.0}')
     assert path.read_text() == '{"seconds": 3.0}'
+
+
+def test_heatmaps_worst_first_all_on_request_and_the_operating_point(tmp_path):
+    from jaxflow_ad.engine import report
+
+    rng = np.random.default_rng(0)
+    n = 6
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    masks = [np.zeros((8, 8), bool)] * n
+    maps = rng.random((n, 8, 8)).astype(np.float32)
+    kinds = ["good", "good", "good", "crack", "crack", "hole"]
+    paths = [f"{k}/{i}.png" for i, k in enumerate(kinds)]
+    scores = np.array([0.1, 0.9, 0.5, 0.8, 0.2, 0.7])
+    names = report.write_heatmaps(tmp_path / "a", images, masks, maps, kinds, paths, 1, scores)
+    # the highest-scored good image and the lowest-scored crack come first
+    assert sorted(names) == ["crack_00_4.png", "good_00_1.png", "hole_00_5.png"]
+    assert len(report.write_heatmaps(tmp_path / "b", images, masks, maps, kinds, paths, -1, scores)) == n
+    op = report.operating_point([0, 0, 0, 1, 1, 1], scores, kinds, 0.6)
+    assert op["false_alarm_rate"] == pytest.approx(1 / 3) and op["good_images"] == 3
+    assert op["per_defect"] == {"crack": {"images": 2, "miss_rate": 0.5}, "hole": {"images": 1, "miss_rate": 0.0}}
+    report.score_histogram(tmp_path / "h.png", [0, 0, 0, 1, 1, 1], scores, 0.6)
+    from PIL import Image
+
+    img = np.asarray(Image.open(tmp_path / "h.png"))
+    assert img.shape[2] == 3 and (img == [220, 60, 60]).all(-1).any() and (img == [60, 110, 220]).all(-1).any()
