@@ -18,6 +18,18 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     c.data.categories = ""  # comma-separated; "" = every category under root
     c.data.image_size = 256
     c.data.augment = augment  # auto (flips + rot90 for textures), none, flip_rot90
+    # data.layout=folder: <root>[/<category>]/{normal_dir, abnormal_dir[, mask_dir]} (jaxflow_ad/data/folder.py)
+    c.data.folder = ml_collections.ConfigDict(
+        dict(
+            normal_dir="normal",
+            abnormal_dir="abnormal",
+            mask_dir="",  # "" = no masks: image metrics only
+            mask_suffix="_mask",
+            normal_test_dir="",  # "" = hold test_fraction of normal_dir out for the test split
+            test_fraction=0.2,
+            split_seed=0,
+        )
+    )
 
     # frozen-extractor features up to this size stay in memory; larger ones go to
     # <workdir>/<category>/features/ and are memory-mapped (and reused on resume)

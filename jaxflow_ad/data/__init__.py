@@ -1,4 +1,5 @@
-"""Datasets: MVTec-AD-layout reader, the built-in synthetic set, augmentation, tfds.
+"""Datasets: layout readers (MVTec AD, MPDD, BTAD, VisA, MVTec LOCO AD, DAGM 2007, a generic folder),
+the built-in synthetic set, augmentation, tfds.
 
 Quick start::
 
@@ -20,7 +21,9 @@ imported lazily (``data.MvtecLayout``), so importing this package stays cheap.
 """
 
 from .augment import flip_rot90, flip_rot90_samples
+from .btad import BTAD_CATEGORIES
 from .layouts import LAYOUTS, Reader, get_reader
+from .mpdd import MPDD_CATEGORIES
 from .mvtec import (
     IMAGE_EXTENSIONS,
     MVTEC_CATEGORIES,
@@ -35,6 +38,7 @@ from .mvtec import (
     scan_split,
     stat_file,
 )
+from .mvtec_loco import LOCO_CATEGORIES
 from .synthetic import (
     BUILTIN_CATEGORIES,
     DEFECT_KINDS,
@@ -45,6 +49,7 @@ from .synthetic import (
     ensure_builtin,
     render_sample,
 )
+from .visa import VISA_CATEGORIES
 
 _LAZY = {"MvtecLayout": "tfds_mvtec", "MvtecLayoutConfig": "tfds_mvtec", "build_tfds": "tfds_mvtec"}
 
@@ -64,11 +69,14 @@ def is_texture(category: str) -> bool:
 
 
 __all__ = [
+    "BTAD_CATEGORIES",
     "BUILTIN_CATEGORIES",
     "DEFECT_KINDS",
     "DatasetError",
     "IMAGE_EXTENSIONS",
     "LAYOUTS",
+    "LOCO_CATEGORIES",
+    "MPDD_CATEGORIES",
     "MVTEC_CATEGORIES",
     "MVTEC_TEXTURE_CATEGORIES",
     "MvtecLayout",
@@ -79,6 +87,7 @@ __all__ = [
     "Sample",
     "Split",
     "TEXTURE_CATEGORIES",
+    "VISA_CATEGORIES",
     "build_tfds",
     "default_root",
     "ensure_builtin",

@@ -16,7 +16,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-from . import dagm, mvtec
+from . import btad, dagm, folder, mpdd, mvtec, mvtec_loco, visa
 from .mvtec import DatasetError, Split
 
 __all__ = ["LAYOUTS", "Reader", "get_reader"]
@@ -33,11 +33,14 @@ class Reader:
       spatial: those of ``modalities`` that are H x W maps aligned with the
         image, which augmentation must transform exactly like the image.
       splits: the split names ``load_split`` accepts.
-      list_categories: ``(root) -> list[str]``, the categories under a root.
-      load_split: ``(root, category, split, image_size) -> Split``.
-      scan: optionally ``(root, category, split) -> anything``: the layout, labels and masks of a
-        split checked without decoding pixels (raises ``DatasetError``); the engine scans every
-        category's splits before the first training step and reports all problems at once.
+      list_categories: ``(root, **options) -> list[str]``, the categories under a root.
+      load_split: ``(root, category, split, image_size, *, resize, num_workers, **options) -> Split``.
+      scan: optionally ``(root, category, split, **options) -> anything``: the layout, labels and
+        masks of a split checked without decoding pixels (raises ``DatasetError``); the engine scans
+        every category's splits before the first training step and reports all problems at once.
+      options: the names of the keyword options that ``list_categories``, ``load_split`` and
+        ``scan`` accept (all three the same ones), read from ``config.data.<name>`` (e.g.
+        ``config.data.folder``); empty for a layout without options, whose functions take none.
     """
 
     name: str
@@ -47,6 +50,7 @@ class Reader:
     list_categories: Callable[[str | os.PathLike], list[str]]
     load_split: Callable[..., Split]
     scan: Callable[..., object] | None = None
+    options: tuple[str, ...] = ()
 
     def __post_init__(self):
         # A registration mistake should fail at import, not in the middle of a run.
@@ -77,6 +81,53 @@ LAYOUTS: dict[str, Reader] = {
         list_categories=dagm.list_categories,
         load_split=dagm.load_split,
         scan=dagm.scan_split,
+    ),
+    # MPDD is stored exactly like MVTec AD: the MVTec AD reader's own functions.
+    "mpdd": Reader(
+        name="mpdd",
+        modalities=("image",),
+        spatial=("image",),
+        splits=mvtec.SPLITS,
+        list_categories=mpdd.list_categories,
+        load_split=mpdd.load_split,
+        scan=mpdd.scan_split,
+    ),
+    "btad": Reader(
+        name="btad",
+        modalities=("image",),
+        spatial=("image",),
+        splits=mvtec.SPLITS,
+        list_categories=btad.list_categories,
+        load_split=btad.load_split,
+        scan=btad.scan_split,
+    ),
+    "visa": Reader(
+        name="visa",
+        modalities=("image",),
+        spatial=("image",),
+        splits=mvtec.SPLITS,
+        list_categories=visa.list_categories,
+        load_split=visa.load_split,
+        scan=visa.scan_split,
+    ),
+    "mvtec_loco": Reader(
+        name="mvtec_loco",
+        modalities=("image",),
+        spatial=("image",),
+        splits=mvtec.SPLITS,
+        list_categories=mvtec_loco.list_categories,
+        load_split=mvtec_loco.load_split,
+        scan=mvtec_loco.scan_split,
+    ),
+    "folder": Reader(
+        name="folder",
+        modalities=("image",),
+        spatial=("image",),
+        splits=mvtec.SPLITS,
+        list_categories=folder.list_categories,
+        load_split=folder.load_split,
+        scan=folder.scan_split,
+        options=tuple(folder.DEFAULT_OPTIONS),
     ),
 }
 

@@ -101,6 +101,14 @@ class Record:
     stem: str  # file name without extension
     image_path: pathlib.Path
     mask_path: pathlib.Path | None  # None for good images
+    # Further mask files of the same image, OR-ed with mask_path (MVTec LOCO AD stores a folder of
+    # masks per image, one per defect); empty for every other layout.
+    more_masks: tuple[pathlib.Path, ...] = ()
+
+    @property
+    def mask_paths(self) -> tuple[pathlib.Path, ...]:
+        """Every mask file of the sample (none for a good image)."""
+        return (() if self.mask_path is None else (self.mask_path,)) + self.more_masks
 
     @property
     def label(self) -> int:
@@ -181,6 +189,11 @@ class Split:
         before the file was read (:func:`stat_file`), or empty if the reader
         did not record them. They let :meth:`fingerprint` describe the data
         in memory rather than whatever is on disk when it is called.
+      has_masks: False when the dataset has no ground-truth masks (e.g. the
+        ``folder`` layout without a mask folder): ``masks`` are then all-False
+        placeholders at each image's native size, also for defective images,
+        and pixel-level metrics must not be computed from them. True for every
+        layout that ships masks (good images' all-False masks are then exact).
     """
 
     samples: dict[str, Any]
@@ -192,6 +205,7 @@ class Split:
     category: str = ""
     files: list[str] = dataclasses.field(default_factory=list)
     file_stats: list[tuple[int, int]] = dataclasses.field(default_factory=list, repr=False)
+    has_masks: bool = True
 
     def __post_init__(self):
         # Checked here, once, so that a mismatched row count fails where the
@@ -389,12 +403,18 @@ def _is_hidden(p: pathlib.Path) -> bool:
 
 
 def _image_files(
-    folder: pathlib.Path, what: str, *, skip: tuple[str, ...] = (), layout: str = "MVTec AD"
+    folder: pathlib.Path,
+    what: str,
+    *,
+    skip: tuple[str, ...] = (),
+    layout: str = "MVTec AD",
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
 ) -> dict[str, pathlib.Path]:
     """Image files in ``folder`` keyed by stem; anything unexpected raises.
 
     ``skip``: names of entries the caller handles itself (DAGM's ``Label/``
-    folder and ``Labels.txt``); ``layout`` names the layout in messages.
+    folder and ``Labels.txt``); ``layout`` names the layout in messages;
+    ``extensions``: the lower-case suffixes that count as images.
     """
     files: dict[str, pathlib.Path] = {}
     for p in sorted(folder.iterdir()):
@@ -406,10 +426,10 @@ def _image_files(
                 f"{layout} layout has only image files there. Move it out of "
                 "the dataset."
             )
-        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+        if p.suffix.lower() not in extensions:
             raise DatasetError(
                 f"Unexpected file {p}: only images with extensions "
-                f"{', '.join(IMAGE_EXTENSIONS)} (any case) may be in {folder}. "
+                f"{', '.join(extensions)} (any case) may be in {folder}. "
                 "Remove or rename the file."
             )
         if p.stem in files:
@@ -549,7 +569,7 @@ class _Loaded(NamedTuple):
 
     image: np.ndarray  # uint8 [S, S, 3], or [H, W, 3] at the native size
     mask: np.ndarray  # bool [H, W]
-    stats: list[tuple[int, int]]  # (size, mtime_ns) of the image, and of the mask if any
+    stats: list[tuple[int, int]]  # (size, mtime_ns) of the image, then of each of its masks
     mode: str  # the image file's mode as decoded (imageio.read_rgb), e.g. "L" or "RGB"
     native: tuple[int, int]  # the image's native (H, W)
 
@@ -560,17 +580,17 @@ def _load_one(rec: Record, image_size: int | None, resize: str = "pil_bilinear")
     im, mode = read_rgb(rec.image_path)
     native = (im.height, im.width)
     arr = np.asarray(im, dtype=np.uint8) if image_size is None else resize_image(im, image_size, resize)
-    if rec.mask_path is None:
-        mask = np.zeros(native, dtype=bool)
-    else:
-        stats.append(stat_file(rec.mask_path))
-        mask = read_mask(rec.mask_path)
-        if mask.shape != native:
+    mask = np.zeros(native, dtype=bool)
+    for mask_path in rec.mask_paths:  # several only for MVTec LOCO AD: a pixel is defective in any of them
+        stats.append(stat_file(mask_path))
+        one = read_mask(mask_path)
+        if one.shape != native:
             raise DatasetError(
-                f"Mask {rec.mask_path} is {mask.shape[1]}x{mask.shape[0]} "
+                f"Mask {mask_path} is {one.shape[1]}x{one.shape[0]} "
                 f"(WxH) but its image {rec.image_path} is {native[1]}x{native[0]}. "
                 "A mask must have its image's size; regenerate or replace it."
             )
+        mask |= one
     return _Loaded(arr, mask, stats, mode, native)
 
 
@@ -614,7 +634,10 @@ def _warn_surprises(records: list[Record], loaded: list[_Loaded], where: str, im
         )
     empty = [r for r, x in zip(records, loaded) if r.mask_path is not None and not x.mask.any()]
     if empty:
-        shown = ", ".join(f"{r.image_path} (mask {r.mask_path.name})" for r in empty[:WARN_EMPTY_MASKS])
+        shown = ", ".join(
+            f"{r.image_path} (mask {r.mask_path.name if not r.more_masks else f'files in {r.mask_path.parent}'})"
+            for r in empty[:WARN_EMPTY_MASKS]
+        )
         more = f" and {len(empty) - WARN_EMPTY_MASKS} more" if len(empty) > WARN_EMPTY_MASKS else ""
         log.warning(
             "%d defect image(s) of %s have an all-zero mask: %s%s. They count as defective for image-level "
@@ -705,8 +728,7 @@ def _load_records(
     files = []
     for r in records:
         files.append(str(r.image_path))
-        if r.mask_path is not None:
-            files.append(str(r.mask_path))
+        files.extend(str(m) for m in r.mask_paths)
     return Split(
         samples={"image": images},
         masks=[x.mask for x in loaded],

@@ -70,7 +70,8 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, list[
     """The dataset root (the built-in set when ``data.root`` is empty) and the categories to run."""
     if config.data.root:
         root = pathlib.Path(config.data.root).expanduser()
-        available = data_lib.get_reader(config.data.layout).list_categories(root)  # DatasetError naming the root
+        # DatasetError naming the root
+        available = data_lib.get_reader(config.data.layout).list_categories(root, **reader_options(config))
     else:
         root = data_lib.ensure_builtin()
         available = list(data_lib.BUILTIN_CATEGORIES)
@@ -85,6 +86,23 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, list[
             f"config key data.categories names {missing}, not found under {root}; available: {available}"
         )
     return root, wanted
+
+
+def reader_options(config) -> dict:
+    """``config.data.<layout>`` as keyword options of the layout's reader (e.g. ``data.folder``:
+    ``normal_dir``, ``abnormal_dir``, ``mask_dir``); ``{}`` for a layout without options."""
+    reader = data_lib.get_reader(config.data.layout)
+    if not reader.options:
+        return {}
+    given = config.data.get(reader.name, None)
+    opts = dict(given.to_dict() if hasattr(given, "to_dict") else (given or {}))
+    unknown = sorted(set(opts) - set(reader.options))
+    if unknown:
+        raise ConfigError(
+            f"config keys {[f'data.{reader.name}.{k}' for k in unknown]} are not options of "
+            f"the {reader.name!r} layout; use {list(reader.options)}"
+        )
+    return opts
 
 
 def _no_categories(root: pathlib.Path, layout: str) -> str:
@@ -328,7 +346,7 @@ def check_data(config, root: pathlib.Path, categories: list[str]) -> None:
     for category in categories:
         for split in reader.splits:
             try:
-                reader.scan(root, category, split)
+                reader.scan(root, category, split, **reader_options(config))
             except data_lib.DatasetError as e:
                 problems.append(f"{category}/{split}: {e}")
     if len(problems) == 1:
@@ -532,17 +550,43 @@ def evaluate_category(
     res = config.eval.resolution
     res = res if res == "native" else int(res)
     protocol = {"fpr_limit": config.eval.fpr_limit, "resolution": res, "mask_resize": config.eval.mask_resize}
-    result = metrics_lib.evaluate(test.labels, scores, test.masks, maps, **protocol)
+    if getattr(test, "has_masks", True):
+        result = metrics_lib.evaluate(test.labels, scores, test.masks, maps, **protocol)
+        result["per_defect"] = metrics_lib.evaluate_by_defect(
+            test.labels, scores, test.masks, maps, test.defect_types, **protocol
+        )
+    else:  # a dataset without masks (e.g. data.layout=folder without a mask folder): image metrics only
+        log.warning("%s: the test split has no masks: pixel metrics are not computed", test.category)
+        result = image_metrics(test.labels, scores)
+        kinds = np.asarray(test.defect_types)
+        result["per_defect"] = {
+            k: {
+                "image_auroc": metrics_lib.image_auroc(*_against_good(test.labels, scores, kinds, k)),
+                "count": float((kinds == k).sum()),
+            }
+            for k in sorted(set(kinds.tolist()) - {"good"})
+        }
     result["images_per_s"] = images_per_s
-    result["per_defect"] = metrics_lib.evaluate_by_defect(
-        test.labels, scores, test.masks, maps, test.defect_types, **protocol
-    )
     if threshold is not None:
         result["operating_point"] = report.operating_point(test.labels, scores, test.defect_types, threshold["image"])
         at = metrics_lib.classification_at(test.labels, scores, threshold["image"])
         result.update({f"image_{k}": at[k] for k in metrics_lib.AT_THRESHOLD_KEYS})
         result["threshold"] = {**threshold, **{k: at[k] for k in ("tp", "fp", "fn", "tn")}}
     return result, maps, scores
+
+
+def image_metrics(labels, scores) -> dict:
+    """The image-level part of :func:`jaxflow_ad.metrics.evaluate` (for splits without masks)."""
+    return {
+        "image_auroc": metrics_lib.image_auroc(labels, scores),
+        "image_ap": metrics_lib.image_ap(labels, scores),
+        "image_f1_max": metrics_lib.image_f1_max(labels, scores),
+    }
+
+
+def _against_good(labels, scores, kinds: np.ndarray, kind: str):
+    idx = (kinds == "good") | (kinds == kind)
+    return np.asarray(labels)[idx], np.asarray(scores)[idx]
 
 
 def example_batch(method, train: data_lib.Split) -> dict:
@@ -595,9 +639,12 @@ def run_category(
             compiled=ctx.compiled,
             timings=timings,
         )
-        train, holdout = holdout_split(cfg, reader.load_split(root, category, "train", size, resize=cfg.data.resize))
+        opts = reader_options(cfg)
+        train, holdout = holdout_split(
+            cfg, reader.load_split(root, category, "train", size, resize=cfg.data.resize, **opts)
+        )
         # the test split is read (every image and mask decoded and checked) before training, not after it
-        test = reader.load_split(root, category, "test", size, resize=cfg.data.resize)
+        test = reader.load_split(root, category, "test", size, resize=cfg.data.resize, **opts)
         rng = jax.random.PRNGKey(cfg.seed)
         state = parallel.to_replicated(mesh, method.init(rng, example_batch(method, train)))
         if _is_main():  # what --mode=predict needs to restore without reading the data

@@ -204,7 +204,7 @@ def defect_table(results: Mapping[str, Mapping]) -> str:
     ]
     for cat, r in results.items():
         for kind, m in r.get("per_defect", {}).items():
-            cells = " | ".join(f"{100 * m[k]:.1f}" for k, _ in DEFECT_COLUMNS)
+            cells = " | ".join(f"{100 * m[k]:.1f}" if k in m else "-" for k, _ in DEFECT_COLUMNS)
             rows.append(f"| {cat} | {kind} | {int(m.get('count', 0))} | {cells} |")
     return "\n".join(rows) + "\n"
 
