@@ -50,7 +50,9 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     # an image threshold chosen on normal images held out of training: this fraction of
     # train/good (0 = none, no threshold) and the quantile of their scores; precision, recall
     # and F1 at it are reported beside the threshold-free metrics (<category>/threshold.json)
-    c.eval.threshold = ml_collections.ConfigDict(dict(holdout=0.0, quantile=0.99, pixel_quantile=0.999))
+    c.eval.threshold = ml_collections.ConfigDict(
+        dict(holdout=0.0, quantile=0.99, pixel_quantile=0.999, manual="")  # manual: a number overrides the hold-out
+    )
 
     # --mode=predict: score new images with the trained workdir (jaxflow_ad/engine/predict.py)
     c.predict = ml_collections.ConfigDict()

@@ -677,7 +677,12 @@ def run_category(
             t = cat_dir / "train_time.json"
             train_time = json.loads(t.read_text())["seconds"] if t.exists() else float("nan")
         threshold = None
-        if holdout is not None:
+        manual = cfg.eval.threshold.get("manual", "")
+        if manual not in ("", None):  # (c) a threshold set by hand: decisions and rates at it
+            threshold = {"source": "manual", "image": float(manual)}
+            if _is_main():
+                report.write_text_atomic(cat_dir / "threshold.json", json.dumps(threshold, indent=2, sort_keys=True))
+        elif holdout is not None:
             holdout = attach(holdout)
             with timings.phase("evaluate"):
                 threshold = fit_threshold(method, cfg, state, holdout, mesh, ctx)

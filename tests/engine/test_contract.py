@@ -174,3 +174,13 @@ def test_threshold_on_held_out_normal_images(tmp_path):
     cfg.eval.threshold.holdout = 1.0
     with pytest.raises(ValueError, match="eval.threshold.holdout"):
         holdout_split(cfg, train)
+
+
+def test_a_manual_threshold_gives_decisions_without_a_holdout(tmp_path):
+    cfg = toy.get_config()
+    cfg.train.epochs_fit = 1
+    cfg.eval.threshold.manual = "0.05"
+    r = engine.run(cfg, tmp_path, "all")["toy"]
+    assert r["threshold"]["source"] == "manual" and r["threshold"]["image"] == 0.05
+    assert r["operating_point"]["threshold"] == 0.05
+    assert json.loads((tmp_path / "toy" / "threshold.json").read_text())["image"] == 0.05
