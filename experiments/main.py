@@ -24,7 +24,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pyramidflow.py[:smoke].")
 flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and reports go.")
 flags.DEFINE_enum(
-    "mode", "all", ["train", "eval", "all", "predict"], "train, eval, all (train then eval), or predict (new images)."
+    "mode",
+    "all",
+    ["train", "eval", "all", "predict", "export"],
+    "train, eval, all (train then eval), predict (new images) or export (the scorer, StableHLO).",
 )
 flags.DEFINE_bool("verbose", False, "Print the traceback of errors the user can fix, too.")
 flags.DEFINE_bool(

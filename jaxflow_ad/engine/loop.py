@@ -58,7 +58,7 @@ from jaxflow_ad.errors import CheckpointError, ConfigError, TrainingDiverged
 from jaxflow_ad.models import base
 
 log = logging.getLogger("jaxflow_ad")
-MODES = ("train", "eval", "all", "predict")
+MODES = ("train", "eval", "all", "predict", "export")
 _BAR_INTERVAL = 0.1 if sys.stderr.isatty() else 30.0  # a log file gets a line every 30 s
 
 
@@ -745,18 +745,15 @@ def run(
         return _run_locked(config, workdir, mode, allow_config_change)
 
 
-def predict_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-    """``--mode=predict``: each trained category of ``workdir`` (or ``predict.category``) scores
-    ``predict.input`` (:mod:`jaxflow_ad.engine.predict`); nothing of the dataset is read."""
-    from jaxflow_ad.engine.predict import predict_category
-
+def restore_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path, category: str | None):
+    """``(cfg, method, state, cat_dir, mesh, threshold)`` of a trained category of ``workdir``, restored
+    without reading the dataset (``plan.json`` says how many training images planned the steps)."""
     trained = sorted(p.parent.name for p in workdir.glob("*/plan.json"))
-    wanted = str(config.predict.get("category", "")) or None
-    if wanted is None and len(trained) != 1:
+    if category is None and len(trained) != 1:
         raise ConfigError(
             f"{workdir} holds {len(trained)} trained categories {trained}: choose one with --config.predict.category"
         )
-    category = wanted or trained[0]
+    category = category or trained[0]
     if category not in trained:
         raise CheckpointError(f"no trained category {category!r} in {workdir} (trained: {trained})")
     cfg = models.configure(config, category)
@@ -784,7 +781,37 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
         raise CheckpointError(f"the checkpoint in {ckpt.directory} has no fitted statistics: run --mode=eval once")
     t = cat_dir / "threshold.json"
     threshold = json.loads(t.read_text()) if t.exists() else None
+    return cfg, method, state, cat_dir, mesh, threshold
+
+
+def predict_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    """``--mode=predict``: a trained category of ``workdir`` (``predict.category``, or the only one)
+    scores ``predict.input`` (:mod:`jaxflow_ad.engine.predict`); nothing of the dataset is read."""
+    from jaxflow_ad.engine.predict import predict_category
+
+    cfg, method, state, cat_dir, mesh, threshold = restore_trained(
+        config, workdir, str(config.predict.get("category", "")) or None
+    )
+    category = cat_dir.name
     return {category: predict_category(method, cfg, state, category, cat_dir, mesh, threshold)}
+
+
+def export_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    """``--mode=export``: every trained category of ``workdir`` (or ``predict.category``) to
+    ``<workdir>/<category>/export/`` (:func:`jaxflow_ad.export.export_scorer`)."""
+    from jaxflow_ad.export import export_scorer
+
+    wanted = str(config.predict.get("category", "")) or None
+    cats = [wanted] if wanted else sorted(p.parent.name for p in workdir.glob("*/plan.json"))
+    if not cats:
+        raise CheckpointError(f"no trained category in {workdir}: train first (--mode=train or --mode=all)")
+    out = {}
+    for category in cats:
+        cfg, method, state, cat_dir, _, threshold = restore_trained(config, workdir, category)
+        path = export_scorer(method, state, cfg, threshold, cat_dir / "export")
+        log.info("%s: scorer exported to %s", category, path)
+        out[category] = {"export": str(path)}
+    return out
 
 
 def _run_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str, allow_change: bool) -> dict:
@@ -796,6 +823,8 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: 
     config, write_config = workdir_lib.reconcile_config(workdir, config, mode, allow_change)
     if mode == "predict":
         return predict_workdir(config, workdir)
+    if mode == "export":
+        return export_workdir(config, workdir)
     root, categories = resolve_data(config)
     check_data(config, root, categories)
     if _is_main():

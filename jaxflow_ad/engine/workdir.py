@@ -189,7 +189,7 @@ def reconcile_config(
     diffs = config_differences(saved, new)
     fixed = {k: v for k, v in diffs.items() if not _free(k)}
     free = {k: v for k, v in diffs.items() if _free(k)}
-    if mode in ("eval", "predict"):
+    if mode in ("eval", "predict", "export"):
         if fixed:
             log.warning(
                 "--mode=eval uses the config %s was trained with; these command-line values are ignored: %s",
