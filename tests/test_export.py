@@ -72,7 +72,11 @@ def _reference(method, state, config, images):
     return np.asarray(maps), np.asarray(scores)
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+# one method in the default run; the others with -m slow (each export takes 10-20 s to build)
+@pytest.fixture(
+    scope="module",
+    params=[c if c == "pyramidflow" else pytest.param(c, marks=pytest.mark.slow) for c in sorted(CONFIGS)],
+)
 def exported(request, tmp_path_factory):
     """``(method, state, config, threshold, export folder)`` of one method."""
     config = CONFIGS[request.param]()

@@ -14,12 +14,13 @@ from .fixtures import H, W, mask_array, write_mvtec
 
 def test_every_layout_is_registered():
     assert {"mvtec", "mpdd", "btad", "visa", "mvtec_loco", "folder", "dagm"} <= set(LAYOUTS)
-    for name, reader in LAYOUTS.items():
+    ours = {n: r for n, r in LAYOUTS.items() if not n.startswith("toy")}  # tests register toy layouts too
+    for name, reader in ours.items():
         assert get_reader(name) is reader and reader.name == name
         assert reader.scan is not None, name
         assert reader.modalities == ("image",) and reader.splits == ("train", "test")
     # Only the folder layout takes options.
-    assert [name for name, r in LAYOUTS.items() if r.options] == ["folder"]
+    assert [name for name, r in ours.items() if r.options] == ["folder"]
 
 
 def test_mpdd_is_the_mvtec_reader_on_mpdd_categories(tmp_path):

@@ -113,7 +113,7 @@ def test_two_processes_train_like_one(tmp_path):
         np.testing.assert_allclose(p0[k], ref[k], rtol=1e-5, atol=1e-8, err_msg=k)
 
 
-@pytest.mark.parametrize("phase", ["train", "host"])
+@pytest.mark.parametrize("phase", ["train", pytest.param("host", marks=pytest.mark.slow)])
 @pytest.mark.timeout(120)
 def test_survivor_stops_when_peer_is_killed(tmp_path, phase):
     """SIGKILL of process 1: in the train loop (the next collective fails) or while process 0
@@ -141,6 +141,7 @@ def test_survivor_stops_when_peer_is_killed(tmp_path, phase):
         assert 3 < elapsed < 5 + 10, elapsed  # no sign of life for 5 s (measured ~4-6 s after the kill)
 
 
+@pytest.mark.slow  # the default run keeps the training and kill-in-a-collective cases
 @pytest.mark.timeout(120)
 def test_survivor_stops_when_coordinator_is_killed(tmp_path):
     """SIGKILL of process 0 (the coordinator): JAX itself ends process 1 at once (an abort
@@ -155,7 +156,7 @@ def test_survivor_stops_when_coordinator_is_killed(tmp_path):
     assert rc != 0, w.text("p1")[-3000:]
 
 
-@pytest.mark.parametrize("how", ["raise", "exit"])
+@pytest.mark.parametrize("how", ["raise", pytest.param("exit", marks=pytest.mark.slow)])
 @pytest.mark.timeout(120)
 def test_failing_process_stops_its_peer(tmp_path, how):
     """Process 1 raises (or ``sys.exit(2)``s, as the command line does on a user error): it exits
@@ -184,6 +185,7 @@ def test_failing_process_stops_its_peer(tmp_path, how):
     assert "jaxflow_ad: lost process 1 of 2" in w.text("p0")
 
 
+@pytest.mark.slow  # the default run keeps the training and kill-in-a-collective cases
 @pytest.mark.timeout(120)
 def test_finished_peer_is_not_lost(tmp_path):
     """Process 1 finishes and waits at the exit while process 0 stays on the host for 3 watchdog

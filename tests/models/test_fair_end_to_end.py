@@ -43,7 +43,7 @@ def test_fair_smoke_end_to_end(tmp_path):
         assert m["train_time_s"] > 0 and m["images_per_s"] > 0
         assert 0.0 <= m["pixel_auroc"] <= 1.0 and 0.0 <= m["image_auroc"] <= 1.0
         heat = list((run / cat / "heatmaps").glob("*.png"))
-        kinds = {p.name.rsplit("_", 1)[0] for p in heat}
+        kinds = {p.name.rsplit("_", 2)[0] for p in heat}  # <kind>_<rank>_<stem>.png
         assert "good" in kinds and len(kinds) >= 4, kinds  # good + every defect kind
         assert list((run / cat / "checkpoints").iterdir())
     losses = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
