@@ -10,7 +10,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("mode", ["plain", "rev"])
+@pytest.mark.parametrize("mode", ["plain", pytest.param("rev", marks=pytest.mark.slow)])  # rev: 20 s more
 @pytest.mark.timeout(300)
 def test_two_devices_match_one(mode):
     env = dict(

@@ -150,6 +150,7 @@ def test_uint8_images_give_the_float_results():
     assert float(jnp.abs(a).max()) > 0.1
 
 
+@pytest.mark.slow  # 34 s; the converter parity and the ResNet taps are tested elsewhere
 def test_resnet18_encoder_variant(tmp_path):
     """Frozen ResNet18 stem + layer1 in front of the flow: 64 channels at 1/4 resolution, a frozen
     extractor outside the state (and so outside every checkpoint); trains and scores on its features."""
