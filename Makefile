@@ -35,10 +35,10 @@ test: lint
 test-slow: setup-test
 	$(BIN)/python -m pytest -q -m slow
 
-# Converter parity against the upstream torch models (needs the [torch] extra, ~5.5 GB).
+# Converter parity against the upstream torch models (needs the [torch] extra: CPU torch, ~1 GB).
 test-torch:
 	test -x $(TORCH_VENV)/bin/python || ($(PYTHON) -m venv $(TORCH_VENV) && $(TORCH_VENV)/bin/pip install -q -U pip)
-	$(TORCH_VENV)/bin/pip install -q -e '.[test,torch]'
+	$(TORCH_VENV)/bin/pip install -q --no-cache-dir -e '.[test,torch]'
 	$(TORCH_VENV)/bin/python -m pytest -q -m torch tests/backbones tests/third_party tests/models/test_optim.py
 
 bench: setup

@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import sys
+import types
 
 import jax
 import pytest
@@ -26,3 +28,32 @@ def _shared_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def golden_dir() -> pathlib.Path:
     return _shared_dir() / "golden"
+
+
+@pytest.fixture(scope="session")
+def torchvision():
+    """torchvision's model code on the CPU build of torch that the ``[torch]`` extra installs.
+
+    The extra pins ``torch==2.13.0`` (this machine's CPU wheel, about 0.9 GB in a venv) rather
+    than the CUDA build that PyPI's torchvision expects (5.5 GB with its NVIDIA libraries, more
+    than a CI disk has been seen to hold). ``torchvision==0.28.0`` is the matching release, but its
+    compiled extension (``_C.so``: nms, roi_align and the other detection ops) links
+    ``libc10_cuda.so`` and cannot load; its ``__init__`` then fails while registering those ops'
+    meta and autograd kernels. The backbones we convert use none of those ops: only the pure-Python
+    model definitions. So when the plain import fails, the two registration modules are replaced
+    by empty ones and torchvision is imported again; the model code is torchvision's, unchanged.
+    """
+    pytest.importorskip("torch", reason="torch is not installed: pip install -e .[torch]")
+    try:
+        import torchvision
+
+        return torchvision
+    except (RuntimeError, OSError):
+        pass
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        del sys.modules[name]
+    for sub in ("_meta_registrations", "_autograd_registrations"):
+        sys.modules[f"torchvision.{sub}"] = types.ModuleType(f"torchvision.{sub}")
+    import torchvision
+
+    return torchvision

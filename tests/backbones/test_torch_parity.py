@@ -94,9 +94,7 @@ def _torch_effnet_taps(m, x):
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34", "wide_resnet50_2"])
-def test_torchvision_resnets(arch, tmp_path):
-    import torchvision
-
+def test_torchvision_resnets(arch, tmp_path, torchvision):
     torch.manual_seed(0)
     model = _randomise_bn(getattr(torchvision.models, arch)(weights=None))
     path = _convert(model, arch, tmp_path)
@@ -106,10 +104,8 @@ def test_torchvision_resnets(arch, tmp_path):
     _compare(_torch_resnet_taps(model, torch.from_numpy(x)), feats)
 
 
-def test_resnet_train_mode_batchnorm(tmp_path):
+def test_resnet_train_mode_batchnorm(tmp_path, torchvision):
     """use_running_average=False reproduces torch train() BatchNorm (PyramidFlow's encoder)."""
-    import torchvision
-
     torch.manual_seed(1)
     model = _randomise_bn(torchvision.models.resnet18(weights=None))
     path = _convert(model, "resnet18", tmp_path)

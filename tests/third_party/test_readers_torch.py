@@ -54,9 +54,7 @@ def test_torch_pickle_equals_torch_load(tmp_path, zip_format):
     _check(torch_pickle.load(p), obj)
 
 
-def test_state_dict_of_a_module_and_wrapped_checkpoint(tmp_path):
-    import torchvision
-
+def test_state_dict_of_a_module_and_wrapped_checkpoint(tmp_path, torchvision):
     m = torchvision.models.resnet18(weights=None)
     torch.save({"state_dict": m.state_dict(), "epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "c.pth")
     sd = read_state_dict(tmp_path / "c.pth")
