@@ -31,6 +31,24 @@ def golden_dir() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def pyramidflow_smoke_run(tmp_path_factory):
+    """``(config, workdir)``: PyramidFlow's smoke config trained for one epoch on the built-in ``coin``,
+    with a threshold from held-out images and an export; trained once for every test of what a
+    trained workdir serves (``--mode=predict``, the notebook). A test that writes into it copies it."""
+    from configs import pyramidflow as pf_config
+    from jaxflow_ad import engine
+
+    cfg = pf_config.get_config("smoke")
+    cfg.data.categories = "coin"
+    cfg.train.epochs = 1
+    cfg.eval.threshold.holdout = 0.1
+    wd = tmp_path_factory.mktemp("pyramidflow_smoke") / "run"
+    engine.run(cfg, wd, "all")
+    engine.run(cfg, wd, "export")
+    return cfg, wd
+
+
+@pytest.fixture(scope="session")
 def torchvision():
     """torchvision's model code on the CPU build of torch that the ``[torch]`` extra installs.
 

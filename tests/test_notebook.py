@@ -9,26 +9,16 @@ import sys
 
 import pytest
 
-from configs import pyramidflow as pf_config
-from jaxflow_ad import engine
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "experiments" / "notebooks" / "tour.ipynb"
 
 
 @pytest.mark.timeout(400)
-def test_the_notebook_runs_and_scores_with_an_exported_model(tmp_path):
-    cfg = pf_config.get_config("smoke")
-    cfg.data.categories = "coin"
-    cfg.train.epochs = 1
-    cfg.eval.threshold.holdout = 0.1
-    engine.run(cfg, tmp_path / "run", "all")
-    engine.run(cfg, tmp_path / "run", "export")
+def test_the_notebook_runs_and_scores_with_an_exported_model(tmp_path, pyramidflow_smoke_run):
+    _, run = pyramidflow_smoke_run
     nb = json.loads(NOTEBOOK.read_text())
     code = "\n\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
-    env = dict(
-        os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", JAXFLOW_AD_EXPORT=str(tmp_path / "run/coin/export")
-    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", JAXFLOW_AD_EXPORT=str(run / "coin" / "export"))
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )

@@ -1,5 +1,6 @@
-"""Datasets: layout readers (MVTec AD, MPDD, BTAD, VisA, MVTec LOCO AD, DAGM 2007, a generic folder),
-the built-in synthetic set, augmentation, tfds.
+"""Datasets: layout readers (MVTec AD, MPDD, BTAD, VisA, MVTec LOCO AD, DAGM 2007, a generic folder,
+and RGB + point cloud: MVTec 3D-AD, Eyecandies), the built-in synthetic sets (RGB, and RGB + point
+cloud), point-cloud preprocessing, augmentation, tfds.
 
 Quick start::
 
@@ -15,6 +16,13 @@ other layouts (chosen by the config key ``data.layout``, see
 :func:`get_reader`) can add point maps or depth, and the engine can add
 backbone features, all indexed (``Split.take``) and augmented
 (:func:`flip_rot90_samples`) together.
+
+The built-in multimodal set is written in MVTec 3D-AD's layout and read like the real one::
+
+    root3d = data.ensure_builtin3d()                   # puck, bun, plate; written once, offline
+    test3d = data.get_reader("mvtec3d").load_split(root3d, "puck", "test", 256, depth=True)
+    test3d.samples["xyz"]                               # float32 [N, 256, 256, 3], metres, 0 = missing
+    test3d.samples["depth"], test3d.samples["foreground"]   # the AST/MADFlow depth branch
 
 The tensorflow-datasets builder lives in ``jaxflow_ad.data.tfds_mvtec`` and is
 imported lazily (``data.MvtecLayout``), so importing this package stays cheap.
@@ -49,6 +57,7 @@ from .synthetic import (
     ensure_builtin,
     render_sample,
 )
+from .synthetic3d import BUILTIN3D_CATEGORIES, DEFECT_KINDS_3D, default_root3d, ensure_builtin3d, render_sample3d
 from .visa import VISA_CATEGORIES
 
 _LAZY = {"MvtecLayout": "tfds_mvtec", "MvtecLayoutConfig": "tfds_mvtec", "build_tfds": "tfds_mvtec"}
@@ -70,8 +79,10 @@ def is_texture(category: str) -> bool:
 
 __all__ = [
     "BTAD_CATEGORIES",
+    "BUILTIN3D_CATEGORIES",
     "BUILTIN_CATEGORIES",
     "DEFECT_KINDS",
+    "DEFECT_KINDS_3D",
     "DatasetError",
     "IMAGE_EXTENSIONS",
     "LAYOUTS",
@@ -90,7 +101,9 @@ __all__ = [
     "VISA_CATEGORIES",
     "build_tfds",
     "default_root",
+    "default_root3d",
     "ensure_builtin",
+    "ensure_builtin3d",
     "flip_rot90",
     "flip_rot90_samples",
     "get_reader",
@@ -100,6 +113,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "render_sample",
+    "render_sample3d",
     "scan_split",
     "stat_file",
 ]

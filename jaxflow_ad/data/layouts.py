@@ -16,7 +16,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-from . import btad, dagm, folder, mpdd, mvtec, mvtec_loco, visa
+from . import btad, dagm, eyecandies, folder, mpdd, mvtec, mvtec3d, mvtec_loco, visa
 from .mvtec import DatasetError, Split
 
 __all__ = ["LAYOUTS", "Reader", "get_reader"]
@@ -28,8 +28,10 @@ class Reader:
 
     Attributes:
       name: the ``data.layout`` value that selects it.
-      modalities: the ``Split.samples`` keys every split it loads has;
-        always includes ``"image"``.
+      modalities: the ``Split.samples`` keys the splits it loads have; always includes
+        ``"image"``. A key that an option turns on is listed too and is present only when the
+        option is set (``mvtec3d`` and ``eyecandies``: ``"depth"`` and ``"foreground"`` with
+        ``config.data.<layout>.depth=True``).
       spatial: those of ``modalities`` that are H x W maps aligned with the
         image, which augmentation must transform exactly like the image.
       splits: the split names ``load_split`` accepts.
@@ -128,6 +130,27 @@ LAYOUTS: dict[str, Reader] = {
         load_split=folder.load_split,
         scan=folder.scan_split,
         options=tuple(folder.DEFAULT_OPTIONS),
+    ),
+    # RGB + organised point cloud; "depth" and "foreground" only with the option depth=True.
+    "mvtec3d": Reader(
+        name="mvtec3d",
+        modalities=("image", "xyz", "depth", "foreground"),
+        spatial=("image", "xyz", "depth", "foreground"),
+        splits=mvtec3d.SPLITS,
+        list_categories=mvtec3d.list_categories,
+        load_split=mvtec3d.load_split,
+        scan=mvtec3d.scan_split,
+        options=tuple(mvtec3d.DEFAULT_OPTIONS),
+    ),
+    "eyecandies": Reader(
+        name="eyecandies",
+        modalities=("image", "xyz", "depth", "foreground"),
+        spatial=("image", "xyz", "depth", "foreground"),
+        splits=eyecandies.SPLITS,
+        list_categories=eyecandies.list_categories,
+        load_split=eyecandies.load_split,
+        scan=eyecandies.scan_split,
+        options=tuple(eyecandies.DEFAULT_OPTIONS),
     ),
 }
 

@@ -194,6 +194,9 @@ class Split:
         placeholders at each image's native size, also for defective images,
         and pixel-level metrics must not be computed from them. True for every
         layout that ships masks (good images' all-False masks are then exact).
+      settings: the reader options that shaped the samples beyond the files and the image size
+        (e.g. MVTec 3D-AD's ``clean``, ``depth``, ``cloud_size``), as a string; hashed by
+        :meth:`fingerprint` so that features cached from a split follow a change of them.
     """
 
     samples: dict[str, Any]
@@ -206,6 +209,7 @@ class Split:
     files: list[str] = dataclasses.field(default_factory=list)
     file_stats: list[tuple[int, int]] = dataclasses.field(default_factory=list, repr=False)
     has_masks: bool = True
+    settings: str = ""
 
     def __post_init__(self):
         # Checked here, once, so that a mismatched row count fails where the
@@ -308,7 +312,7 @@ class Split:
 
         It covers ``category``, ``split``, the shape and dtype of
         ``samples["image"]`` (so another ``image_size`` gives another
-        fingerprint) and, for every file in ``files``, its path, size and
+        fingerprint), ``settings`` and, for every file in ``files``, its path, size and
         modification time in ns. Stat-ing instead of hashing contents keeps it
         cheap enough to compute on every run for a whole dataset; like make
         or rsync's quick check it misses a rewrite that keeps both the size
@@ -330,6 +334,8 @@ class Split:
         h = hashlib.sha256()
         image = np.asarray(self.samples["image"])
         h.update(f"jaxflow_ad.Split/1\0{self.category}\0{self.split}\0{image.shape}\0{image.dtype.str}\0".encode())
+        if self.settings:  # absent from the digest when empty, so RGB splits keep their fingerprints
+            h.update(f"settings\0{self.settings}\0".encode())
         if not self.files:
             _hash_arrays(h, self.samples, "samples")
             return h.hexdigest()

@@ -72,6 +72,14 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, list[
         root = pathlib.Path(config.data.root).expanduser()
         # DatasetError naming the root
         available = data_lib.get_reader(config.data.layout).list_categories(root, **reader_options(config))
+    elif config.data.layout in ("mvtec3d", "eyecandies"):  # RGB + point clouds: the built-in multimodal set
+        if config.data.layout != "mvtec3d":
+            raise ConfigError(
+                f"data.layout={config.data.layout!r} with an empty data.root: the built-in multimodal set is "
+                "stored as MVTec 3D-AD; set data.layout=mvtec3d, or data.root to your dataset"
+            )
+        root = data_lib.ensure_builtin3d()
+        available = list(data_lib.BUILTIN3D_CATEGORIES)
     else:
         root = data_lib.ensure_builtin()
         available = list(data_lib.BUILTIN_CATEGORIES)
@@ -640,6 +648,8 @@ def run_category(
             timings=timings,
         )
         opts = reader_options(cfg)
+        if "cache_dir" in reader.options and opts.get("cache_dir") is None:
+            opts["cache_dir"] = str(cat_dir / "cache")  # per-sample preprocessing, once per file and setting
         train, holdout = holdout_split(
             cfg, reader.load_split(root, category, "train", size, resize=cfg.data.resize, **opts)
         )

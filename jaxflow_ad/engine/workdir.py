@@ -37,6 +37,8 @@ FREE_KEYS = (
     "data.root",
     "data.categories",
     "data.feature_cache_memory_mb",
+    "data.mvtec3d.cache_dir",
+    "data.eyecandies.cache_dir",
     "train.log_every_steps",
     "train.checkpoint_every_steps",
     "train.prefetch",

@@ -13,14 +13,19 @@ from .fixtures import H, W, mask_array, write_mvtec
 
 
 def test_every_layout_is_registered():
-    assert {"mvtec", "mpdd", "btad", "visa", "mvtec_loco", "folder", "dagm"} <= set(LAYOUTS)
+    assert {"mvtec", "mpdd", "btad", "visa", "mvtec_loco", "folder", "dagm", "mvtec3d", "eyecandies"} <= set(LAYOUTS)
     ours = {n: r for n, r in LAYOUTS.items() if not n.startswith("toy")}  # tests register toy layouts too
+    three_d = ("mvtec3d", "eyecandies")  # RGB + point cloud, with a validation split (tests/data/test_mvtec3d.py)
     for name, reader in ours.items():
         assert get_reader(name) is reader and reader.name == name
         assert reader.scan is not None, name
-        assert reader.modalities == ("image",) and reader.splits == ("train", "test")
-    # Only the folder layout takes options.
-    assert [name for name, r in ours.items() if r.options] == ["folder"]
+        if name in three_d:
+            assert reader.modalities == ("image", "xyz", "depth", "foreground"), name
+            assert reader.splits == ("train", "validation", "test"), name
+        else:
+            assert reader.modalities == ("image",) and reader.splits == ("train", "test")
+    # Only the folder layout and the point-cloud layouts take options.
+    assert [name for name, r in ours.items() if r.options] == ["folder", *three_d]
 
 
 def test_mpdd_is_the_mvtec_reader_on_mpdd_categories(tmp_path):

@@ -19,17 +19,14 @@ def _rows(path):
 
 
 @pytest.mark.timeout(400)
-def test_predict_equals_eval_reads_no_dataset_takes_any_image_and_resumes(tmp_path, monkeypatch):
-    cfg = pf_config.get_config("smoke")
-    cfg.data.categories = "gravel"
-    cfg.train.epochs = 1
-    cfg.eval.threshold.holdout = 0.1
+def test_predict_equals_eval_reads_no_dataset_takes_any_image_and_resumes(tmp_path, monkeypatch, pyramidflow_smoke_run):
+    cfg, trained = pyramidflow_smoke_run
     wd = tmp_path / "run"
-    engine.run(cfg, wd, "all")
-    evals = {r["path"].split("/test/")[1]: r for r in _rows(wd / "gravel" / "scores.csv")}
+    shutil.copytree(trained, wd)
+    evals = {r["path"].split("/test/")[1]: r for r in _rows(wd / "coin" / "scores.csv")}
 
-    src = data.ensure_builtin(categories=["gravel"]) / "gravel" / "test"
-    picks = [sorted((src / kind).glob("*.png"))[0] for kind in ("good", "hole", "thread")]
+    src = data.ensure_builtin(categories=["coin"]) / "coin" / "test"
+    picks = [sorted((src / kind).glob("*.png"))[0] for kind in ("good", "chip", "scratch")]
     inp = tmp_path / "line"
     for p in picks:  # in sub-folders, as a camera might write them
         (inp / p.parent.name).mkdir(parents=True, exist_ok=True)
@@ -45,11 +42,11 @@ def test_predict_equals_eval_reads_no_dataset_takes_any_image_and_resumes(tmp_pa
     monkeypatch.setitem(data.LAYOUTS, "mvtec", dataclasses.replace(data.LAYOUTS["mvtec"], load_split=no_dataset))
     pcfg = pf_config.get_config("smoke")
     pcfg.predict.input = str(inp)
-    out = engine.run(pcfg, wd, "predict")["gravel"]
+    out = engine.run(pcfg, wd, "predict")["coin"]
     assert out["scored"] == 6 and out["skipped"] == 0
-    pred = wd / "gravel" / "predictions"
+    pred = wd / "coin" / "predictions"
     rows = {r["path"]: r for r in _rows(pred / "predictions.csv")}
-    thr = json.loads((wd / "gravel" / "threshold.json").read_text())
+    thr = json.loads((wd / "coin" / "threshold.json").read_text())
     for p in picks:  # the same image scores the same as in --mode=eval
         r = rows[str(inp / p.parent.name / p.name)]
         e = evals[f"{p.parent.name}/{p.name}"]
@@ -68,7 +65,7 @@ def test_predict_equals_eval_reads_no_dataset_takes_any_image_and_resumes(tmp_pa
 
     # resumable: a rerun scores only the images not yet in predictions.csv
     shutil.copy(picks[0], inp / "late.png")
-    again = engine.run(pcfg, wd, "predict")["gravel"]
+    again = engine.run(pcfg, wd, "predict")["coin"]
     assert again["scored"] == 1 and again["skipped"] == 6
     assert len(_rows(pred / "predictions.csv")) == 7
 

@@ -375,6 +375,7 @@ def _builtin_as_dagm(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
     return dst
 
 
+@pytest.mark.slow  # the DAGM reader is proven on its fixtures (tests/data/test_dagm.py) in the default run
 @pytest.mark.timeout(300)
 def test_nfbmr_on_the_dagm_layout_end_to_end(tmp_path):
     """``data.layout=dagm``: NF-BMR (smoke size) trains and evaluates from DAGM 2007's on-disk layout,

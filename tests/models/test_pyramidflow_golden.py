@@ -83,7 +83,13 @@ def _run(path, reversible, fast_down):
 
 
 @pytest.fixture(
-    scope="module", params=[(False, True), (True, True), (False, False)], ids=["plain", "reversible", "full_res_down"]
+    scope="module",
+    params=[
+        pytest.param((False, True), id="plain"),
+        # the same function through the reversible chain and the full-resolution down block: -m slow
+        pytest.param((True, True), id="reversible", marks=pytest.mark.slow),
+        pytest.param((False, False), id="full_res_down", marks=pytest.mark.slow),
+    ],
 )
 def run(request, golden, golden_dir):
     return _run(str(golden_dir / GOLDEN), *request.param)

@@ -100,7 +100,15 @@ def _rel(a, b):
 
 
 pytestmark = pytest.mark.skipif(not GOLDEN.exists(), reason=f"golden trajectory {GOLDEN} missing")
-CASES = [("CVN", "plain"), ("CVN", "reversible"), ("CVN", "no_rewrites"), ("SVN", "plain"), ("SVN", "reversible")]
+# the default run keeps one case per volume normalisation; the variants of the same function run with -m slow
+_slow = pytest.mark.slow
+CASES = [
+    ("CVN", "plain"),
+    pytest.param("CVN", "reversible", marks=_slow),
+    pytest.param("CVN", "no_rewrites", marks=_slow),
+    ("SVN", "plain"),
+    pytest.param("SVN", "reversible", marks=_slow),
+]
 
 
 @pytest.mark.parametrize("vn,variant", CASES)
