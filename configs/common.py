@@ -47,11 +47,20 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     c.eval.resolution = "native"  # native (each mask's size) or an int
     c.eval.mask_resize = "nearest"  # with an int resolution: nearest | bilinear_round | cv2_exact
     c.eval.num_heatmaps = 2  # figures per defect kind (-1: all), highest-scored good and lowest-scored defects first
-    # an image threshold chosen on normal images held out of training: this fraction of
-    # train/good (0 = none, no threshold) and the quantile of their scores; precision, recall
-    # and F1 at it are reported beside the threshold-free metrics (<category>/threshold.json)
+    # the decision threshold (<category>/threshold.json), first of: (c) manual, a number set by hand;
+    # (a) F1-optimal on a labelled validation split (validation_root: a folder in the same layout as
+    # the data, validation_split: which of its splits, e.g. test); (b) the quantile of the scores of
+    # normal images held out of training (holdout: this fraction of train/good; 0 = none, no
+    # threshold). Precision, recall and F1 at it are reported beside the threshold-free metrics.
     c.eval.threshold = ml_collections.ConfigDict(
-        dict(holdout=0.0, quantile=0.99, pixel_quantile=0.999, manual="")  # manual: a number overrides the hold-out
+        dict(
+            holdout=0.0,
+            quantile=0.99,
+            pixel_quantile=0.999,
+            manual="",
+            validation_root="",
+            validation_split="test",
+        )
     )
 
     # --mode=predict: score new images with the trained workdir (jaxflow_ad/engine/predict.py)

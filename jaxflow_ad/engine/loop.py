@@ -12,8 +12,8 @@ that ``data.layout`` names. Layout of ``workdir``::
     <category>/features/        cached features of a frozen extractor, when larger than
                                 data.feature_cache_memory_mb (reused by a resumed run)
     <category>/metrics.json     that category's metrics, timings
-    <category>/threshold.json   the image threshold chosen on held-out normal images
-                                (with eval.threshold.holdout > 0)
+    <category>/threshold.json   the decision threshold: set by hand, F1-optimal on a labelled
+                                validation split, or a quantile of held-out normal images
     <category>/heatmaps/*.png   image | ground truth | anomaly map | overlay
     <category>/<artifact>.png   e.g. PyramidFlow's image template
     metrics.json, results.md    all categories and their mean
@@ -516,6 +516,59 @@ def fit_threshold(method, config, state, holdout: data_lib.Split, mesh, ctx: Run
     }
 
 
+def validation_split(config, reader, category: str, size, opts: dict) -> data_lib.Split | None:
+    """The labelled validation split of ``category`` that ``eval.threshold.validation_root`` names (a
+    folder in the same layout as the data: its ``eval.threshold.validation_split``, default ``test``),
+    or ``None`` when the key is empty. Read before training, like the test split, so that a broken
+    file stops the run before any step."""
+    root = str(config.eval.threshold.get("validation_root", "") or "")
+    if not root:
+        return None
+    name = str(config.eval.threshold.get("validation_split", "test") or "test")
+    if name not in reader.splits:
+        raise ConfigError(
+            f"eval.threshold.validation_split={name!r} is not a split of the {reader.name!r} layout; "
+            f"use one of {list(reader.splits)}"
+        )
+    val = reader.load_split(pathlib.Path(root).expanduser(), category, name, size, resize=config.data.resize, **opts)
+    labels = np.asarray(val.labels)
+    if not ((labels == 1).any() and (labels == 0).any()):
+        raise ConfigError(
+            f"eval.threshold.validation_root={root!r}: {category}/{name} holds "
+            f"{'only defective' if (labels == 1).all() else 'only good'} images ({len(val)}); an F1-optimal "
+            "threshold needs both good and defective ones. Point it at a labelled split, or use "
+            "eval.threshold.holdout (a quantile of held-out normal images) instead."
+        )
+    return val
+
+
+def fit_threshold_validation(method, config, state, val: data_lib.Split, mesh, ctx: RunContext | None = None) -> dict:
+    """(a) F1-optimal thresholds on a labelled validation split: the image threshold maximising the
+    image F1 (:func:`~jaxflow_ad.metrics.image_f1_max`'s threshold: flagged when ``score >= it``), and,
+    when the split has masks, the pixel threshold maximising the pixel F1 over its maps and masks at
+    the map's size. ``holdout_min`` (the low anchor of :func:`~jaxflow_ad.metrics.normalize_scores`)
+    is the lowest score of its good images, ``pixel_min`` the lowest map value."""
+    maps, scores, _ = score_split(method, config, state, val, mesh, desc="threshold", ctx=ctx)
+    labels = np.asarray(val.labels)
+    f1, thr = metrics_lib.image_f1_max(labels, scores, return_threshold=True)
+    out = {
+        "source": "validation",
+        "split": f"{config.eval.threshold.validation_root}/{val.category}/{val.split}",
+        "images": len(val),
+        "defective": int(labels.sum()),
+        "image": float(thr),
+        "validation_f1": float(f1),
+        "holdout_min": float(np.min(scores[labels == 0])),
+        "holdout_median": float(np.median(scores[labels == 0])),
+        "holdout_max": float(np.max(scores[labels == 0])),
+        "pixel_min": float(np.min(maps)),
+    }
+    if getattr(val, "has_masks", True) and maps.shape[-1] == maps.shape[-2]:
+        pf1, pthr = metrics_lib.pixel_f1_max(val.masks_at(maps.shape[-1]), maps, return_threshold=True)
+        out.update(pixel=float(pthr), validation_pixel_f1=float(pf1))
+    return out
+
+
 def score_split(
     method, config, state, split: data_lib.Split, mesh, desc: str = "evaluate", ctx: RunContext | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -655,6 +708,7 @@ def run_category(
         )
         # the test split is read (every image and mask decoded and checked) before training, not after it
         test = reader.load_split(root, category, "test", size, resize=cfg.data.resize, **opts)
+        validation = validation_split(cfg, reader, category, size, opts)
         rng = jax.random.PRNGKey(cfg.seed)
         state = parallel.to_replicated(mesh, method.init(rng, example_batch(method, train)))
         if _is_main():  # what --mode=predict needs to restore without reading the data
@@ -692,7 +746,13 @@ def run_category(
             threshold = {"source": "manual", "image": float(manual)}
             if _is_main():
                 report.write_text_atomic(cat_dir / "threshold.json", json.dumps(threshold, indent=2, sort_keys=True))
-        elif holdout is not None:
+        elif validation is not None:  # (a) F1-optimal on a labelled validation split
+            validation = attach(validation)
+            with timings.phase("evaluate"):
+                threshold = fit_threshold_validation(method, cfg, state, validation, mesh, ctx)
+            if _is_main():
+                report.write_text_atomic(cat_dir / "threshold.json", json.dumps(threshold, indent=2, sort_keys=True))
+        elif holdout is not None:  # (b) a quantile of normal images held out of training
             holdout = attach(holdout)
             with timings.phase("evaluate"):
                 threshold = fit_threshold(method, cfg, state, holdout, mesh, ctx)
