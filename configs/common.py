@@ -31,6 +31,13 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
         )
     )
 
+    # data.layout=mvtec3d / eyecandies: RGB + organised point clouds (jaxflow_ad/data/mvtec3d.py, eyecandies.py)
+    # cloud_size 0 = the image size; clean: RANSAC plane + largest DBSCAN cluster; depth: the AST/MADFlow
+    # depth branch (adds depth, foreground); cache_dir "" = <workdir>/<category>/cache
+    cloud = dict(cloud_size=0, clean=False, depth=False, seed=0, cache_dir="")
+    c.data.mvtec3d = ml_collections.ConfigDict(cloud)
+    c.data.eyecandies = ml_collections.ConfigDict(dict(image_index=4, **cloud))  # image_4 as RGB (M3DM)
+
     # frozen-extractor features up to this size stay in memory; larger ones go to
     # <workdir>/<category>/features/ and are memory-mapped (and reused on resume)
     c.data.feature_cache_memory_mb = 512

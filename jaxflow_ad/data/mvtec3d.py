@@ -180,6 +180,11 @@ def cloud_options(layout: str = "mvtec3d", **options) -> CloudOptions:
             f"the options are {', '.join(DEFAULT_OPTIONS)}."
         )
     o = {**DEFAULT_OPTIONS, **options}
+    # a config file spells "unset" as 0 and "" (ml_collections cannot override a None field from the command line)
+    if o["cloud_size"] == 0 and not isinstance(o["cloud_size"], bool):
+        o["cloud_size"] = None
+    if o["cache_dir"] == "":
+        o["cache_dir"] = None
     size = o["cloud_size"]
     if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1):
         raise _bad(layout, "cloud_size", size, "it must be a positive int (the side of the square cloud) or None")

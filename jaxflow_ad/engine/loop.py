@@ -701,7 +701,7 @@ def run_category(
             timings=timings,
         )
         opts = reader_options(cfg)
-        if "cache_dir" in reader.options and opts.get("cache_dir") is None:
+        if "cache_dir" in reader.options and not opts.get("cache_dir"):
             opts["cache_dir"] = str(cat_dir / "cache")  # per-sample preprocessing, once per file and setting
         train, holdout = holdout_split(
             cfg, reader.load_split(root, category, "train", size, resize=cfg.data.resize, **opts)

@@ -305,7 +305,7 @@ def test_scan_finds_layout_errors_without_pixels(root):
 @pytest.mark.parametrize(
     "options, key",
     [
-        ({"cloud_size": 0}, "data.mvtec3d.cloud_size=0"),
+        ({"cloud_size": -1}, "data.mvtec3d.cloud_size=-1"),
         ({"cloud_size": 8.0}, "data.mvtec3d.cloud_size=8.0"),
         ({"clean": "yes"}, "data.mvtec3d.clean='yes'"),
         ({"depth": 1}, "data.mvtec3d.depth=1"),
@@ -366,6 +366,7 @@ def test_cache_dir_keeps_cleaning_and_depth_per_file(root, tmp_path, monkeypatch
 def test_fingerprint_follows_the_options_but_not_the_cache_dir(root, tmp_path):
     fp = lambda **o: mvtec3d.load_split(root, "tire", "train", 8, **o).fingerprint()
     plain = fp()
+    assert fp(cloud_size=0, cache_dir="") == plain  # a config's spelling of "unset"
     assert fp(cache_dir=str(tmp_path / "c")) == plain
     assert len({plain, fp(clean=True), fp(depth=True), fp(cloud_size=4), fp(clean=True, seed=1)}) == 5
 
