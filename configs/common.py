@@ -14,6 +14,10 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     c.data = ml_collections.ConfigDict()
     c.data.root = ""  # "" = the built-in synthetic dataset
     c.data.layout = "mvtec"  # the reader (jaxflow_ad.data.LAYOUTS)
+    # files: read data.root; tfds: its tensorflow-datasets ArrayRecord copy in tfds_dir ("" = ~/tensorflow_datasets),
+    # prepared from data.root on first use (jaxflow_ad/data/tfds_source.py)
+    c.data.source = "files"
+    c.data.tfds_dir = ""
     c.data.resize = "pil_bilinear"  # pil_bilinear | cv2_linear: as the method's official loader (data/resize.py)
     c.data.categories = ""  # comma-separated; "" = every category under root
     c.data.image_size = 256

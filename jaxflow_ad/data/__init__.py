@@ -60,7 +60,16 @@ from .synthetic import (
 from .synthetic3d import BUILTIN3D_CATEGORIES, DEFECT_KINDS_3D, default_root3d, ensure_builtin3d, render_sample3d
 from .visa import VISA_CATEGORIES
 
-_LAZY = {"MvtecLayout": "tfds_mvtec", "MvtecLayoutConfig": "tfds_mvtec", "build_tfds": "tfds_mvtec"}
+_LAZY = {
+    "MvtecLayout": "tfds_mvtec",
+    "MvtecLayoutConfig": "tfds_mvtec",
+    "build_tfds": "tfds_mvtec",
+    "LayoutBuilder": "tfds_source",
+    "LayoutConfig": "tfds_source",
+    "build_layout": "tfds_source",
+    "load_split_tfds": "tfds_source",
+    "tfds_reader": "tfds_source",
+}
 
 
 def __getattr__(name):
@@ -99,7 +108,12 @@ __all__ = [
     "Split",
     "TEXTURE_CATEGORIES",
     "VISA_CATEGORIES",
+    "build_layout",
     "build_tfds",
+    "load_split_tfds",
+    "tfds_reader",
+    "LayoutBuilder",
+    "LayoutConfig",
     "default_root",
     "default_root3d",
     "ensure_builtin",

@@ -17,6 +17,10 @@ The folder is the *manual* directory: ``<manual_dir>/<category>/train/good``,
 ``test/<defect>``, ``ground_truth/<defect>/<stem>_mask.png``. Layout problems
 raise the same :class:`~jaxflow_ad.data.mvtec.DatasetError` as
 :func:`~jaxflow_ad.data.mvtec.load_split`.
+
+Every other registered layout (and MVTec AD too, with the same pixels) is prepared by
+:mod:`~jaxflow_ad.data.tfds_source`, which also reads the prepared data back as the layout's
+:class:`~jaxflow_ad.data.mvtec.Split` (``load_split_tfds``, ``tfds_reader``).
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, list[
     if config.data.root:
         root = pathlib.Path(config.data.root).expanduser()
         # DatasetError naming the root
-        available = data_lib.get_reader(config.data.layout).list_categories(root, **reader_options(config))
+        available = data_reader(config).list_categories(root, **reader_options(config))
     elif config.data.layout in ("mvtec3d", "eyecandies"):  # RGB + point clouds: the built-in multimodal set
         if config.data.layout != "mvtec3d":
             raise ConfigError(
@@ -94,6 +94,25 @@ def resolve_data(config: ml_collections.ConfigDict) -> tuple[pathlib.Path, list[
             f"config key data.categories names {missing}, not found under {root}; available: {available}"
         )
     return root, wanted
+
+
+SOURCES = ("files", "tfds")
+
+
+def data_reader(config) -> data_lib.Reader:
+    """The reader of ``data.layout``: from the files under ``data.root`` (``data.source=files``), or from
+    the tensorflow-datasets ArrayRecord copy under ``data.tfds_dir`` (``data.source=tfds``;
+    :func:`jaxflow_ad.data.tfds_source.tfds_reader`: prepared from ``data.root`` on first use, then
+    read without it, giving the same splits)."""
+    source = str(config.data.get("source", "files") or "files")
+    if source not in SOURCES:
+        raise ConfigError(f"config key data.source={source!r}: use one of {SOURCES}")
+    if source == "tfds":
+        from jaxflow_ad.data import tfds_source
+
+        tfds_dir = str(config.data.get("tfds_dir", "") or "~/tensorflow_datasets")
+        return tfds_source.tfds_reader(config.data.layout, pathlib.Path(tfds_dir).expanduser())
+    return data_lib.get_reader(config.data.layout)
 
 
 def reader_options(config) -> dict:
@@ -347,7 +366,7 @@ def restore_newest(ckpt: Checkpointer, plans: list[StagePlan], state):
 def check_data(config, root: pathlib.Path, categories: list[str]) -> None:
     """Every category's splits scanned (layout, labels, masks; no pixels) before any training: one
     DatasetError listing every problem found, not one per rerun."""
-    reader = data_lib.get_reader(config.data.layout)
+    reader = data_reader(config)
     if reader.scan is None:
         return
     problems = []
@@ -686,7 +705,7 @@ def run_category(
         )
         cat_dir = workdir / category
         cat_dir.mkdir(parents=True, exist_ok=True)
-        reader = data_lib.get_reader(cfg.data.layout)
+        reader = data_reader(cfg)
         size = int(cfg.data.image_size)
         notes = list(method.notes) + ([method.extractor.note] if method.extractor and method.extractor.note else [])
         for note in notes:

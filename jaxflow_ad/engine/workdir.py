@@ -39,6 +39,8 @@ FREE_KEYS = (
     "data.feature_cache_memory_mb",
     "data.mvtec3d.cache_dir",
     "data.eyecandies.cache_dir",
+    "data.source",
+    "data.tfds_dir",
     "train.log_every_steps",
     "train.checkpoint_every_steps",
     "train.prefetch",

@@ -34,3 +34,24 @@ def test_mvtec3d_layout_trains_evaluates_and_preprocesses_each_file_once(tmp_pat
     assert len(cleaned) == counts["n_train"] + n_test
     assert {p: p.stat().st_mtime_ns for p in entries} == entries
     assert again["image_auroc"] == result["image_auroc"]
+
+
+def test_training_from_the_tfds_copy_gives_the_files_result(tmp_path):
+    """``data.source=tfds``: the category prepared once as ArrayRecord (from ``data.root``) and trained
+    from it; the metrics equal those of the same run read from the files."""
+    root = data.ensure_builtin3d(
+        tmp_path / "b3d", categories=["puck"], size=64, n_train=6, n_validation=2, n_test_good=3, n_test_per_defect=1
+    )
+    results = {}
+    for source in ("files", "tfds"):
+        cfg = toy_method.get_config()
+        cfg.data.layout = "mvtec3d"
+        cfg.data.root = str(root)
+        cfg.data.categories = "puck"
+        cfg.data.mvtec3d = ml_collections.ConfigDict({"depth": True})
+        cfg.data.source = source
+        cfg.data.tfds_dir = str(tmp_path / "tfds")
+        results[source] = engine.run(cfg, tmp_path / source, "all")["puck"]
+    assert (tmp_path / "tfds" / "layout_builder").is_dir()
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert results["tfds"][key] == results["files"][key], key
