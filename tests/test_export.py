@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the 'flatbuffers' package")
 
 from configs import fair as fair_config  # noqa: E402
+from configs import masf as masf_config  # noqa: E402
 from configs import nfbmr as nfbmr_config  # noqa: E402
 from configs import pyramidflow as pyramidflow_config  # noqa: E402
 from jaxflow_ad import export, models, serving  # noqa: E402
@@ -51,7 +52,13 @@ def _nfbmr():
     return c
 
 
-CONFIGS = {"pyramidflow": _pyramidflow, "fair": _fair, "nfbmr": _nfbmr}
+def _masf():
+    c = masf_config.get_config("smoke")
+    c.model.bank.reservoir = 2000
+    return c
+
+
+CONFIGS = {"pyramidflow": _pyramidflow, "fair": _fair, "nfbmr": _nfbmr, "masf": _masf}
 
 
 def _images(n, seed):

@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "pyramidflow": "jaxflow_ad.models.pyramidflow:PyramidFlow",
     "fair": "jaxflow_ad.models.fair:FAIR",
     "nfbmr": "jaxflow_ad.models.nfbmr:NFBMR",
+    "masf": "jaxflow_ad.models.masf:MASF",
 }
 
 
