@@ -1,4 +1,5 @@
-"""Pure jax.numpy.fft functions: high-pass filters, Sobel, Fourier loss.
+"""Pure jax.numpy.fft functions: high-pass filters, Sobel, Fourier loss, MASF's spectral split,
+masks, phase perturbation (TTSA) and distillation losses.
 
 ``jaxflow_ad.spectral.sobel`` is the Sobel module (its spatial filter is
 ``jaxflow_ad.spectral.sobel.sobel``); the package does not re-export that
@@ -16,6 +17,19 @@ from jaxflow_ad.spectral.filters import (
     rgb_to_gray,
 )
 from jaxflow_ad.spectral.fourier_loss import mean_abs_fft2, mean_abs_fft2_reference
+from jaxflow_ad.spectral.masf import (
+    amplitude_mse,
+    apply_frequency_mask,
+    cosine_distance,
+    distillation_loss,
+    frequency_mask,
+    hermitian_phase_noise,
+    low_frequency_mask,
+    patch_mask,
+    perturb_phase,
+    spectral_split,
+    ttsa_views,
+)
 from jaxflow_ad.spectral.sobel import (
     central_difference_transfer,
     sobel_features,
@@ -25,7 +39,18 @@ from jaxflow_ad.spectral.sobel import (
 )
 
 __all__ = [
+    "amplitude_mse",
     "apply_centered_transfer",
+    "apply_frequency_mask",
+    "cosine_distance",
+    "distillation_loss",
+    "frequency_mask",
+    "hermitian_phase_noise",
+    "low_frequency_mask",
+    "patch_mask",
+    "perturb_phase",
+    "spectral_split",
+    "ttsa_views",
     "butterworth_highpass",
     "central_difference_transfer",
     "frequency_distance",
