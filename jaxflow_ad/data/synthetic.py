@@ -692,6 +692,48 @@ def _remove_stale_temps(root: pathlib.Path, category: str, max_age_s: float = 36
             pass
 
 
+def install_category(
+    root: pathlib.Path,
+    category: str,
+    *,
+    complete: Callable[[pathlib.Path], bool],
+    write: Callable[[pathlib.Path], None],
+    manifest: str,
+    owner: str,
+) -> None:
+    """Make ``root/category`` a complete copy (``complete(folder)``), written by ``write(folder)`` into a
+    hidden temporary folder beside it and renamed into place: an interrupted run never leaves a
+    half-written category, a complete one is kept, an outdated one (other counts, an older format)
+    replaced, and several processes may race (the loser finds the winner's copy complete). A folder
+    there without ``manifest`` is someone else's: :class:`DatasetError` (``owner`` names the writer).
+    Shared by the built-in RGB set and the multimodal one (:mod:`jaxflow_ad.data.synthetic3d`)."""
+    target = root / category
+    if complete(target):
+        return
+    if target.exists() and not (target / manifest).is_file():
+        raise DatasetError(
+            f"{target} exists but was not written by {owner} (it has no {manifest}). "
+            "Delete or move it, or pass another root."
+        )
+    _remove_stale_temps(root, category)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{category}.tmp-", dir=root))
+    try:
+        write(tmp)
+        if target.exists():  # an older version or other counts: replace it
+            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{category}.tmp-old-", dir=root))
+            with contextlib.suppress(OSError):  # someone else moved it first
+                os.rename(target, old / category)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not complete(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for p in root.glob(f".{category}.tmp-old-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def ensure_builtin(
     root: str | os.PathLike | None = None,
     categories: Sequence[str] | None = None,
@@ -740,29 +782,12 @@ def ensure_builtin(
     root.mkdir(parents=True, exist_ok=True)
     for category in cats:
         spec = _spec(category, int(n_train), int(n_test_good), int(n_test_per_defect))
-        target = root / category
-        if _is_complete(target, spec):
-            continue
-        if target.exists() and _read_manifest(target) is None:
-            raise DatasetError(
-                f"{target} exists but was not written by ensure_builtin (it has no "
-                f"{MANIFEST}). Delete or move it, or pass another root."
-            )
-        _remove_stale_temps(root, category)
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{category}.tmp-", dir=root))
-        try:
-            _write_category(tmp, category, spec, workers)
-            if target.exists():  # an older version or other counts: replace it
-                old = pathlib.Path(tempfile.mkdtemp(prefix=f".{category}.tmp-old-", dir=root))
-                with contextlib.suppress(OSError):  # someone else moved it first
-                    os.rename(target, old / category)
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not _is_complete(target, spec):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            for p in root.glob(f".{category}.tmp-old-*"):
-                shutil.rmtree(p, ignore_errors=True)
+        install_category(
+            root,
+            category,
+            complete=lambda d, spec=spec: _is_complete(d, spec),
+            write=lambda tmp, category=category, spec=spec: _write_category(tmp, category, spec, workers),
+            manifest=MANIFEST,
+            owner="ensure_builtin",
+        )
     return root

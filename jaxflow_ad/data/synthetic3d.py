@@ -83,15 +83,11 @@ with ``tifffile.imwrite`` (no predictor).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import os
 import pathlib
-import shutil
-import tempfile
-import time
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -100,7 +96,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .mvtec import DatasetError
+from .synthetic import install_category
 
 __all__ = [
     "BUILTIN3D_CATEGORIES",
@@ -859,16 +855,6 @@ def _write_category(out: pathlib.Path, category: str, spec: dict, workers: int) 
     (out / MANIFEST).write_text(dump(manifest))
 
 
-def _remove_stale_temps(root: pathlib.Path, category: str, max_age_s: float = 3600.0) -> None:
-    now = time.time()
-    for p in root.glob(f".{category}.tmp-*"):
-        try:
-            if now - p.stat().st_mtime > max_age_s:
-                shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass
-
-
 def ensure_builtin3d(
     root: str | os.PathLike | None = None,
     categories: Sequence[str] | None = None,
@@ -924,29 +910,12 @@ def ensure_builtin3d(
     root.mkdir(parents=True, exist_ok=True)
     for category in cats:
         spec = _spec(category, int(size), int(n_train), int(n_validation), int(n_test_good), int(n_test_per_defect))
-        target = root / category
-        if _is_complete(target, spec):
-            continue
-        if target.exists() and _read_manifest(target) is None:
-            raise DatasetError(
-                f"{target} exists but was not written by ensure_builtin3d (it has no "
-                f"{MANIFEST}). Delete or move it, or pass another root."
-            )
-        _remove_stale_temps(root, category)
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{category}.tmp-", dir=root))
-        try:
-            _write_category(tmp, category, spec, workers)
-            if target.exists():  # an older version or other counts: replace it
-                old = pathlib.Path(tempfile.mkdtemp(prefix=f".{category}.tmp-old-", dir=root))
-                with contextlib.suppress(OSError):  # someone else moved it first
-                    os.rename(target, old / category)
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if not _is_complete(target, spec):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            for p in root.glob(f".{category}.tmp-old-*"):
-                shutil.rmtree(p, ignore_errors=True)
+        install_category(
+            root,
+            category,
+            complete=lambda d, spec=spec: _is_complete(d, spec),
+            write=lambda tmp, category=category, spec=spec: _write_category(tmp, category, spec, workers),
+            manifest=MANIFEST,
+            owner="ensure_builtin3d",
+        )
     return root
