@@ -94,8 +94,7 @@ def _done(csv_path: pathlib.Path) -> set[str]:
 
 
 def _heatmap(image: np.ndarray, amap: np.ndarray, mask: np.ndarray, lo: float, hi: float, text: str) -> Image.Image:
-    heat = report_lib._colormap((amap - lo) / max(hi - lo, 1e-12))
-    overlay = Image.fromarray((0.55 * image + 0.45 * heat).astype(np.uint8))
+    overlay = Image.fromarray(report_lib.overlay(image, amap, lo, hi)[1])
     if mask.any():  # the predicted mask's contour: mask pixels with a background neighbour
         m = np.pad(mask, 1)
         edge = mask & ~(m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:])
@@ -132,10 +131,17 @@ def predict_category(method, cfg, state, category: str, cat_dir: pathlib.Path, m
     t_pix = float(threshold["pixel"]) if threshold and "pixel" in threshold else None
     lo_pix = float(threshold.get("pixel_min", 0.0)) if threshold else 0.0
     size, bs = int(cfg.data.image_size), int(cfg.eval.batch_size)
-    score = parallel.jit_score(mesh, method.score, num_args=3)
     ext = method.extractor
-    ext_fn = parallel.jit_score(mesh, ext.apply) if ext is not None else None
-    ext_vars = parallel.to_replicated(mesh, ext.variables) if ext is not None else None
+    if ext is None:
+        score = parallel.jit_score(mesh, method.score, num_args=3)
+        ext_vars = None
+    else:  # the extractor and the scorer as one program: the features never leave the devices
+
+        def with_features(state, batch, key, variables):
+            return method.score(state, {**batch, "features": ext.apply(variables, batch["image"])}, key)
+
+        score = parallel.jit_score(mesh, with_features, num_args=4)
+        ext_vars = parallel.to_replicated(mesh, ext.variables)
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)
     new_file = not csv_path.exists()
     with csv_path.open("a", newline="") as fh:
@@ -146,11 +152,9 @@ def predict_category(method, cfg, state, category: str, cat_dir: pathlib.Path, m
             chunk = todo[i : i + bs]
             originals = [np.asarray(data_lib.read_image(f, what="image to predict")) for f in chunk]
             images = np.stack([resize_image(Image.fromarray(o), size, str(cfg.data.resize)) for o in originals])
-            batch = {"image": parallel.pad_rows(images, bs)}
-            if ext is not None:
-                x = parallel.global_batch(mesh, {"x": batch["image"]})["x"]
-                batch["features"] = jax.device_get(ext_fn(ext_vars, x))
-            maps, scores = score(state, parallel.global_batch(mesh, batch), jax.random.fold_in(key, 0))
+            batch = parallel.global_batch(mesh, {"image": parallel.pad_rows(images, bs)})
+            args = (state, batch, jax.random.fold_in(key, 0)) + (() if ext is None else (ext_vars,))
+            maps, scores = score(*args)
             maps, scores = np.asarray(jax.device_get(maps))[: len(chunk)], np.asarray(jax.device_get(scores))
             for f, orig, amap, s in zip(chunk, originals, maps, scores[: len(chunk)]):
                 name = output_name(f, base)

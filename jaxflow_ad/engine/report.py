@@ -65,6 +65,13 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
+def overlay(image: np.ndarray, amap: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(heat, blend)``: the map coloured over ``[lo, hi]`` and its 45 % blend over ``image`` (uint8
+    ``[H, W, 3]``, the map's size), as every heatmap of the reports and of ``--mode=predict`` draws it."""
+    heat = _colormap((amap - lo) / max(hi - lo, 1e-12))
+    return heat, (0.55 * np.asarray(image, np.float32) + 0.45 * heat).astype(np.uint8)
+
+
 def heatmap_panel(image: np.ndarray, mask: np.ndarray, amap: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """image | ground truth | anomaly map | overlay, at the mask's resolution.
 
@@ -73,11 +80,10 @@ def heatmap_panel(image: np.ndarray, mask: np.ndarray, amap: np.ndarray, lo: flo
     h, w = mask.shape
     img = np.asarray(Image.fromarray(_to_uint8(image)).resize((w, h), Image.BILINEAR))
     m = resize_maps(amap[None], (h, w))[0] if amap.shape != (h, w) else amap
-    heat = _colormap((m - lo) / max(hi - lo, 1e-12))
+    heat, blend = overlay(img, m, lo, hi)
     gt = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=-1)
-    overlay = (0.55 * img + 0.45 * heat).astype(np.uint8)
     sep = np.full((h, 4, 3), 255, np.uint8)
-    return np.concatenate([img, sep, gt, sep, heat, sep, overlay], axis=1)
+    return np.concatenate([img, sep, gt, sep, heat, sep, blend], axis=1)
 
 
 def write_heatmaps(
