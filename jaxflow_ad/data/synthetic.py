@@ -636,23 +636,26 @@ def _expected_counts(spec: dict) -> dict[str, int]:
     return counts
 
 
-def _read_manifest(cat_dir: pathlib.Path) -> dict | None:
+def category_complete(cat_dir: pathlib.Path, manifest: str, spec: dict, counts: dict[str, tuple[int, str]]) -> bool:
+    """True if ``cat_dir`` holds a finished copy: its ``manifest`` file records ``spec`` and every folder
+    of ``counts`` holds ``n`` files of its extension (``{folder: (n, ext)}``). Shared by the built-in RGB
+    and multimodal sets."""
     try:
-        return json.loads((cat_dir / MANIFEST).read_text())
+        recorded = json.loads((cat_dir / manifest).read_text())
     except (OSError, ValueError):
-        return None
+        return False
+    if not isinstance(recorded, dict) or recorded.get("spec") != spec:
+        return False
+    for folder, (n, ext) in counts.items():
+        d = cat_dir / folder
+        if not d.is_dir() or sum(1 for p in d.iterdir() if p.suffix == ext) != n:
+            return False
+    return True
 
 
 def _is_complete(cat_dir: pathlib.Path, spec: dict) -> bool:
     """True if ``cat_dir`` holds a finished copy matching ``spec``."""
-    manifest = _read_manifest(cat_dir)
-    if manifest is None or manifest.get("spec") != spec:
-        return False
-    for folder, n in _expected_counts(spec).items():
-        d = cat_dir / folder
-        if not d.is_dir() or sum(1 for p in d.iterdir() if p.suffix == ".png") != n:
-            return False
-    return True
+    return category_complete(cat_dir, MANIFEST, spec, {k: (n, ".png") for k, n in _expected_counts(spec).items()})
 
 
 def _save_png(array: np.ndarray, path: pathlib.Path) -> None:

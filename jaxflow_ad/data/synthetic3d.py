@@ -96,7 +96,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .synthetic import install_category
+from .synthetic import category_complete, install_category
 
 __all__ = [
     "BUILTIN3D_CATEGORIES",
@@ -763,7 +763,7 @@ def _groups(spec: dict) -> list[tuple[str, str, int]]:
     return out
 
 
-def _expected_counts(spec: dict) -> dict[str, int]:
+def _expected_counts(spec: dict) -> dict[str, tuple[int, str]]:
     counts = {}
     for split, label, n in _groups(spec):
         for sub, ext in (("rgb", ".png"), ("xyz", ".tiff")) + ((("gt", ".png"),) if split == "test" else ()):
@@ -771,22 +771,10 @@ def _expected_counts(spec: dict) -> dict[str, int]:
     return counts
 
 
-def _read_manifest(cat_dir: pathlib.Path) -> dict | None:
-    try:
-        return json.loads((cat_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _is_complete(cat_dir: pathlib.Path, spec: dict) -> bool:
     """True if ``cat_dir`` holds a finished copy matching ``spec``."""
-    manifest = _read_manifest(cat_dir)
-    if manifest is None or manifest.get("spec") != spec:
+    if not category_complete(cat_dir, MANIFEST, spec, _expected_counts(spec)):
         return False
-    for folder, (n, ext) in _expected_counts(spec).items():
-        d = cat_dir / folder
-        if not d.is_dir() or sum(1 for p in d.iterdir() if p.suffix == ext) != n:
-            return False
     return (cat_dir / "class_ids.json").is_file() and (cat_dir / "calibration" / "camera_parameters.json").is_file()
 
 
