@@ -92,7 +92,13 @@ def _run_toy(workdir, *overrides, **popen):
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("kill_after", [ALIGN_END, 12], ids=["stage_boundary", "mid_stage2_with_stats"])
+@pytest.mark.parametrize(
+    "kill_after",
+    [
+        pytest.param(ALIGN_END, id="stage_boundary", marks=pytest.mark.slow),
+        pytest.param(12, id="mid_stage2_with_stats"),
+    ],
+)
 def test_kill_and_resume_gives_the_same_metrics(tmp_path, kill_after):
     args = ["train.checkpoint_every_steps=4"]
     a, b = tmp_path / "a", tmp_path / "b"

@@ -37,6 +37,7 @@ def _batch(method, n=2, seed=0):
     return {"image": images, "features": {k: np.asarray(v) for k, v in method.extractor(images).items()}}
 
 
+@pytest.mark.slow  # a train step compiled (~40 s cold); the smoke below trains through the engine
 def test_one_stage_trains_the_students_and_leaves_the_prototype_mlp_frozen(method):
     batch = _batch(method, 4)
     state = method.init(jax.random.key(0), batch)
@@ -75,6 +76,7 @@ def test_uncertainty_term_trains_the_log_variances_but_not_the_distillation_weig
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # ~30 s cold; tests/spectral/test_masf_spectral.py proves the pieces in the default run
 def test_loss_and_gradients_finite_for_float16_features_at_large_amplitude(method):
     state = method.init(jax.random.key(0), _batch(method, 2))
     feats = {}
@@ -105,8 +107,11 @@ def test_memory_bank_size_norm_and_scores(method):
     np.testing.assert_allclose(np.asarray(scores), np.asarray(maps).max(axis=(1, 2)), rtol=1e-6)
 
 
-def test_a_score_depends_on_the_image_alone_not_on_its_batch():
-    m0 = M.MASF(_config())  # test-time masks and 2 TTSA views
+@pytest.mark.parametrize(
+    "views", [0, pytest.param(2, marks=pytest.mark.slow)], ids=["masks", "masks_and_ttsa"]
+)  # with TTSA the teacher is compiled into every scorer (~55 s cold)
+def test_a_score_depends_on_the_image_alone_not_on_its_batch(views):
+    m0 = M.MASF(_config(ttsa={"views": views, "sigma": 0.1}))  # test-time masks (and TTSA views)
     batch = _batch(m0, 3)
     state = m0.statistics_from(m0.init(jax.random.key(0), batch), [batch])
     score = jax.jit(m0.score)
@@ -116,7 +121,7 @@ def test_a_score_depends_on_the_image_alone_not_on_its_batch():
     for i in range(3):  # alone, or in a batch at any place: the same map (eval = predict = export)
         one = {"image": batch["image"][i : i + 1], "features": {k: v[i : i + 1] for k, v in batch["features"].items()}}
         np.testing.assert_allclose(np.asarray(score(state, one, jax.random.key(0))[0][0]), np.asarray(maps[i]), 1e-5)
-    other_seed = M.MASF(_config(score_seed=1))
+    other_seed = M.MASF(_config(score_seed=1, ttsa={"views": views, "sigma": 0.1}))
     assert not np.allclose(np.asarray(jax.jit(other_seed.score)(state, batch, None)[0]), np.asarray(maps))
 
 

@@ -257,6 +257,7 @@ def test_flow_only_ablation_has_one_stage_and_scores_z():
     assert maps.shape == (4, SIZE, SIZE) and np.isfinite(maps).all() and np.isfinite(scores).all()
 
 
+@pytest.mark.slow  # an ablation (~12 s); the default mapper's stages are tested above
 def test_bpfm_ablation_trains_its_batch_norm_in_stage_two_only():
     method = nfbmr.NFBMR(_config(mapper="bpfm"))
     batch = _batch(method, _images())

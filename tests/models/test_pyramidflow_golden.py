@@ -135,6 +135,7 @@ def test_eval_template_and_anomaly_map(run):
     np.testing.assert_allclose(run["score"], g["amap"].max(axis=(1, 2, 3)), rtol=1e-4)
 
 
+@pytest.mark.slow  # the reversible chain against the golden data, like the reversible latents case
 def test_reversible_running_means_updated_once(golden, golden_dir):
     """Running means move by exactly 0.1 x the batch mean per training step on the reversible path.
 

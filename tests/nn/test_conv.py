@@ -31,8 +31,15 @@ CASES = [  # (batch, h, w, in, out, k, stride)
 ]
 
 
-@pytest.mark.parametrize("impl", ["im2col", "fft", "fft_grad"])
-@pytest.mark.parametrize("b,h,w,ci,co,k,s", CASES)
+def _fft_slow(case, impl):
+    # the FFT implementations compile slowly on a CPU: one shape of each in the default run, all with -m slow
+    slow = impl in ("fft", "fft_grad") and case != CASES[0]
+    return pytest.param(*case, impl, marks=pytest.mark.slow) if slow else pytest.param(*case, impl)
+
+
+@pytest.mark.parametrize(
+    "b,h,w,ci,co,k,s,impl", [_fft_slow(c, i) for i in ("im2col", "fft", "fft_grad") for c in CASES]
+)
 def test_impl_matches_lax_values_and_grads(b, h, w, ci, co, k, s, impl):
     rng = np.random.default_rng(h * 100 + k * 10 + s)
     x = jnp.asarray(rng.standard_normal((b, h, w, ci)), jnp.float32)
@@ -61,8 +68,14 @@ def test_weight_grad_asymmetric_padding_and_small_blocks():
     assert _rel(got, ref) <= 1e-5
 
 
-@pytest.mark.parametrize("k", [3, 5, 7])
-@pytest.mark.parametrize("impl", ["xla", "im2col", "fft", "fft_grad"])
+@pytest.mark.parametrize(
+    "k,impl",
+    [
+        pytest.param(k, impl, marks=pytest.mark.slow) if impl.startswith("fft") and k != 5 else (k, impl)
+        for impl in ("xla", "im2col", "fft", "fft_grad")
+        for k in (3, 5, 7)
+    ],
+)
 def test_polyphase_upsampled_conv(k, impl):
     rng = np.random.default_rng(k)
     x = jnp.asarray(rng.standard_normal((2, 7, 6, 3)), jnp.float32)

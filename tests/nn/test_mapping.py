@@ -69,7 +69,7 @@ def test_bidirectional_mapping_shapes_and_one_shared_block(ksize_io, l2):
         np.testing.assert_allclose(m.apply(v, 3.0 * y, 0.5 * z)[0], z_hat, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["bmr", "bpfm"])
+@pytest.mark.parametrize("kind", ["bmr", pytest.param("bpfm", marks=pytest.mark.slow)])
 def test_each_direction_trains_the_shared_block_and_only_its_own_path(kind):
     y, z = _x((2, 4, 4, 6), 1), _x((2, 4, 4, 6), 2)
     m = BidirectionalMapping(6, width=8, blocks=1) if kind == "bmr" else DualProjection(6, latent=4)
