@@ -59,7 +59,7 @@ def test_conv_subnet_activation_and_bias(use_bias):
     assert (pre < 0).any()  # the two activations were told apart
 
 
-@pytest.mark.parametrize("channels,use_bias", [(6, True), (5, False)])
+@pytest.mark.parametrize("channels,use_bias", [pytest.param(6, True, marks=pytest.mark.slow), (5, False)])
 def test_glow_block_is_invertible(channels, use_bias):
     x = _x((1, 3, 3, channels), 1)
     layer = GlowBlock(channels, hidden=8, ksize=3, seed=3, use_bias=use_bias)
@@ -108,6 +108,7 @@ def test_glow_order_by_hand():
     assert np.abs(s1).max() > 0.1 and np.abs(s2).max() > 0.1 and np.abs(s1).max() < clamp * 0.636 * np.pi / 2
 
 
+@pytest.mark.slow  # ~10 s cold; NF-BMR's four-block flow is trained and scored in the default run
 def test_chain_of_four_glow_blocks():
     x = _x((1, 2, 2, 4), 6)
     layers = [GlowBlock(4, hidden=8, seed=i) for i in range(4)]

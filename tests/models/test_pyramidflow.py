@@ -67,13 +67,13 @@ def _trained(method, steps=3):
 
 @pytest.mark.parametrize(
     "model",
-    [
+    [  # the default and two ablations in the default run, the others with -m slow (~4 s each cold)
         dict(),
-        dict(loss="spatial"),
-        dict(loss="nll", volume_norm="none"),
+        pytest.param(dict(loss="spatial"), marks=pytest.mark.slow),
+        pytest.param(dict(loss="nll", volume_norm="none"), marks=pytest.mark.slow),
         dict(template="zero"),
         dict(difference="composed"),
-        dict(volume_norm="SVN"),
+        pytest.param(dict(volume_norm="SVN"), marks=pytest.mark.slow),
     ],
 )
 def test_ablations_train_and_score(model):
