@@ -46,7 +46,9 @@ class FrozenExtractor:
       variables: its weights (never trained, never checkpointed).
       taps: the outputs kept, in order.
       name: architecture (shown in logs; part of the fingerprint).
-      modality: the sample key it reads (``"image"``; ``"xyz"`` for a point-cloud network).
+      modality: the sample key it reads (``"image"``; ``"xyz"`` for a point-cloud network), or a
+        tuple of keys for a network of several modalities (MADFlow's image + cloud + depth): it
+        then gets ``{key: array}`` and needs a ``preprocess`` (:meth:`inputs` picks them).
       mean, std: input normalisation of [0, 1] images (``None``: none); uint8 images are
         divided by 255 first.
       preprocess: optional pure function of the modality's array applied instead of the
@@ -58,14 +60,35 @@ class FrozenExtractor:
     variables: PyTree
     taps: tuple[str, ...]
     name: str
-    modality: str = "image"
+    modality: str | tuple[str, ...] = "image"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     preprocess: Callable[[jax.Array], jax.Array] | None = None
     note: str = ""
 
+    @property
+    def multimodal(self) -> bool:
+        """True when the network reads several sample keys (``modality`` is a tuple)."""
+        return not isinstance(self.modality, str)
+
+    def inputs(self, samples: Mapping[str, Any]) -> Any:
+        """What :meth:`apply` takes from a batch or a split's samples: ``samples[modality]``, or
+        ``{key: samples[key]}`` for a multimodal network. A missing key raises a ``KeyError`` that
+        names the keys the network needs and the ones the data has."""
+        keys = (self.modality,) if not self.multimodal else tuple(self.modality)
+        missing = [k for k in keys if k not in samples]
+        if missing:
+            raise KeyError(
+                f"extractor {self.name} reads sample keys {list(keys)} but the data has no {missing} "
+                f"(it has {sorted(samples)}); for point clouds read a layout that has them (data.layout=mvtec3d "
+                "or eyecandies, with depth=True for depth and foreground)"
+            )
+        return samples[self.modality] if not self.multimodal else {k: samples[k] for k in keys}
+
     def apply(self, variables: PyTree, inputs: jax.Array) -> dict[str, jax.Array]:
-        """Pure: the modality's array (a batch) -> ``{tap: float32 features}``."""
+        """Pure: the modality's array (a batch; a dict of them when multimodal) -> ``{tap: float32 features}``."""
+        if self.multimodal and self.preprocess is None:
+            raise TypeError(f"extractor {self.name} reads {self.modality} and needs a preprocess function")
         if self.preprocess is not None:
             x = self.preprocess(inputs)
         else:
@@ -81,7 +104,7 @@ class FrozenExtractor:
         return {t: jax.lax.stop_gradient(out[t]).astype(jnp.float32) for t in self.taps}
 
     def __call__(self, inputs) -> dict[str, jax.Array]:
-        return self._jitted(self.variables, jnp.asarray(inputs))
+        return self._jitted(self.variables, jax.tree_util.tree_map(jnp.asarray, inputs))
 
     @functools.cached_property
     def _jitted(self):
@@ -102,7 +125,13 @@ class FrozenExtractor:
 
     def output_shapes(self, input_shape: tuple[int, ...], dtype=jnp.uint8) -> dict[str, tuple[int, ...]]:
         """Shapes of the taps for a batch of ``input_shape`` (no computation)."""
-        out = jax.eval_shape(self.apply, self.variables, jax.ShapeDtypeStruct(input_shape, dtype))
+        return self.output_shapes_like(jax.ShapeDtypeStruct(input_shape, dtype))
+
+    def output_shapes_like(self, example: Any) -> dict[str, tuple[int, ...]]:
+        """Shapes of the taps for inputs shaped like ``example`` (arrays or ``ShapeDtypeStruct`` s, a dict
+        of them when multimodal; no computation)."""
+        spec = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(tuple(a.shape), a.dtype), example)
+        out = jax.eval_shape(self.apply, self.variables, spec)
         return {k: tuple(v.shape) for k, v in out.items()}
 
     @classmethod

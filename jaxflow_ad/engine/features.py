@@ -34,27 +34,27 @@ log = logging.getLogger("jaxflow_ad")
 
 def cache_key(extractor, split) -> str:
     """sha256 of everything the features depend on."""
-    x = split.samples[extractor.modality]
+    x = extractor.inputs(split.samples)
     h = hashlib.sha256()
     h.update(extractor.fingerprint.encode())
-    h.update(repr((extractor.modality, tuple(x.shape), str(x.dtype))).encode())
+    shapes = [(tuple(a.shape), str(a.dtype)) for a in jax.tree_util.tree_leaves(x)]
+    h.update(repr((extractor.modality, *shapes[0]) if len(shapes) == 1 else (extractor.modality, shapes)).encode())
     h.update(split.fingerprint().encode())
     return h.hexdigest()[:32]
 
 
-def run_extractor(
-    extractor, inputs: np.ndarray, mesh, batch_size: int, compiled=None, timings=None
-) -> dict[str, np.ndarray]:
-    """``extractor`` over ``inputs`` ``[N, ...]`` in batches sharded over ``mesh``; host arrays. With a
+def run_extractor(extractor, inputs, mesh, batch_size: int, compiled=None, timings=None) -> dict[str, np.ndarray]:
+    """``extractor`` over ``inputs`` ``[N, ...]`` (a dict of them for a multimodal extractor) in batches
+    sharded over ``mesh``; host arrays. With a
     ``compiled`` (:class:`~jaxflow_ad.engine.timing.CompileCache`) the executable is shared by every
     split and category of the run (keyed by the extractor's fingerprint)."""
     parallel.check_batch_size(batch_size, "eval.batch_size", mesh)
     variables = parallel.to_replicated(mesh, extractor.variables)
     fn = None
     out: dict[str, list[np.ndarray]] = {t: [] for t in extractor.taps}
-    n = len(inputs)
+    n = len(jax.tree_util.tree_leaves(inputs)[0])
     for i in range(0, n, batch_size):
-        chunk = parallel.pad_rows(inputs[i : i + batch_size], batch_size)
+        chunk = parallel.pad_rows(jax.tree_util.tree_map(lambda a, i=i: a[i : i + batch_size], inputs), batch_size)
         x = parallel.global_batch(mesh, {"x": chunk})["x"]
         if fn is None:
             make = functools.partial(parallel.jit_score, mesh, extractor.apply)
@@ -122,7 +122,7 @@ class FeatureCache:
             log.info("%s/%s: %s features from the cache %s", split.category, split.split, extractor.name, key)
         else:
             feats = run_extractor(
-                extractor, split.samples[extractor.modality], self.mesh, self.batch_size, self.compiled, self.timings
+                extractor, extractor.inputs(split.samples), self.mesh, self.batch_size, self.compiled, self.timings
             )
             self.computed += 1
             nbytes = sum(a.nbytes for a in feats.values())

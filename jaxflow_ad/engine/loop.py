@@ -675,8 +675,8 @@ def example_batch(method, train: data_lib.Split) -> dict:
     example = train.take(np.arange(1))
     ext = method.extractor
     if ext is not None:
-        x = example[ext.modality]
-        example["features"] = {t: np.zeros(s, np.float32) for t, s in ext.output_shapes(x.shape, x.dtype).items()}
+        shapes = ext.output_shapes_like(ext.inputs(example))
+        example["features"] = {t: np.zeros(s, np.float32) for t, s in shapes.items()}
     return example
 
 
@@ -847,6 +847,12 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: pathlib.Path, ca
         raise CheckpointError(f"no trained category {category!r} in {workdir} (trained: {trained})")
     cfg = models.configure(config, category)
     method = models.build(cfg)
+    if method.extractor is not None and method.extractor.multimodal:
+        raise ConfigError(
+            f"{method.name} reads {list(method.extractor.modality)} per sample; --mode=predict and --mode=export "
+            "take images only. Score RGB + point-cloud samples with --mode=eval on a dataset in their layout "
+            "(config keys data.layout and data.root)"
+        )
     mesh = parallel.make_mesh()
     cat_dir = workdir / category
     n = json.loads((cat_dir / "plan.json").read_text())["train_images"]

@@ -205,11 +205,31 @@ class ChannelAffineCoupling(nn.Module):
         return self.norm(soft_clamp(s_raw, self.clamp), train, update_stats), t
 
     def forward(self, x, cond=None, *, train: bool = False):
-        x_c, x1 = self._split(x)
-        s, t = self._affine(x_c, cond, train, True)
-        return self._join(x_c, affine_forward(x1, s, t)), sum_per_sample(s)
+        y, s = self._forward_s(x, cond, train)
+        return y, sum_per_sample(s)
 
     def inverse(self, y, cond=None, *, train: bool = False):
+        x, s = self._inverse_s(y, cond, train)
+        return x, -sum_per_sample(s)
+
+    def forward_map(self, x, cond=None, *, train: bool = False):
+        """``(y, logdet_map)`` with the log-determinant per pixel, ``[B, H, W]`` (the log-scales summed
+        over channels only): the per-pixel likelihood AST and MADFlow score with. Its sum over pixels
+        is :meth:`forward`'s logdet."""
+        y, s = self._forward_s(x, cond, train)
+        return y, jnp.sum(s, axis=-1)
+
+    def inverse_map(self, y, cond=None, *, train: bool = False):
+        """``(x, logdet_map)`` of the inverse, per pixel (``-`` the forward's)."""
+        x, s = self._inverse_s(y, cond, train)
+        return x, -jnp.sum(s, axis=-1)
+
+    def _forward_s(self, x, cond, train):
+        x_c, x1 = self._split(x)
+        s, t = self._affine(x_c, cond, train, True)
+        return self._join(x_c, affine_forward(x1, s, t)), s
+
+    def _inverse_s(self, y, cond, train):
         y_c, y1 = self._split(y)
         s, t = self._affine(y_c, cond, train, False)
-        return self._join(y_c, affine_inverse(y1, s, t)), -sum_per_sample(s)
+        return self._join(y_c, affine_inverse(y1, s, t)), s

@@ -35,8 +35,12 @@ import numpy as np
 from jaxflow_ad.flows.coupling import ChannelAffineCoupling, ConvSubnet
 
 
-def permutation(channels: int, seed: int) -> np.ndarray:
-    """The channel order of :class:`ChannelPermutation`: ``np.random.default_rng(seed).permutation(channels)``."""
+def permutation(channels: int, seed: int, legacy: bool = False) -> np.ndarray:
+    """The channel order of :class:`ChannelPermutation`: ``np.random.default_rng(seed).permutation(channels)``,
+    or with ``legacy`` NumPy's legacy generator, ``np.random.RandomState(seed).permutation(channels)``:
+    the order AST and MADFlow draw (``np.random.seed(k); np.random.permutation(c)`` before block k)."""
+    if legacy:
+        return np.random.RandomState(seed).permutation(channels)
     return np.random.default_rng(seed).permutation(channels)
 
 
@@ -53,10 +57,11 @@ class ChannelPermutation(nn.Module):
 
     channels: int
     seed: int = 0
+    legacy: bool = False
 
     @property
     def perm(self) -> np.ndarray:
-        return permutation(self.channels, self.seed)
+        return permutation(self.channels, self.seed, self.legacy)
 
     def _check(self, x):
         if x.shape[-1] != self.channels:
@@ -149,6 +154,70 @@ class GlowBlock(nn.Module):
             y, ld = layer.inverse(y, cond, train=train)
             logdet = logdet + ld
         return y, logdet
+
+
+class CondGlowBlock(nn.Module):
+    """One block of AST's teacher and MADFlow's FSFlow: a fixed permutation, then a GLOW coupling whose
+    subnets see a condition (the positional encoding), with the log-determinant per pixel.
+
+    After the permutation ``x1`` is the first ``c // 2`` channels and ``x2`` the rest, and (AST/MADFlow
+    ``glow_coupling_layer_cond``; MADFlow paper Eq. 7-10)::
+
+        y1 = exp(c(s2)) * x1 + t2,   (s2, t2) = f2([x2, cond])
+        y2 = exp(c(s1)) * x2 + t1,   (s1, t1) = f1([y1, cond])
+
+    with ``c(s) = clamp * 0.636 * atan(s / clamp)`` (clamp 1.9) and the log-determinant of pixel
+    ``(i, j)`` the sum over channels of ``c(s1) + c(s2)``: the Jacobian is block-diagonal over
+    pixels only when the subnets are 1x1; with k x k subnets it is still triangular (each half is
+    updated from the other), so the total log-determinant is the sum of the per-pixel ones. The
+    first half moves first (the reverse of :class:`GlowBlock`'s order). The official code also
+    clips the outputs to +-1e6: not reproduced (the clamp bounds each scale by e^1.9 already, and a
+    clip would make the block non-invertible).
+
+    Attributes:
+      channels: input channels.
+      subnet: factory ``out_channels -> module`` called as ``module(h, train=...)`` on
+        ``[x_half, cond]``; its output must start at zero (a zero-initialised gain) so a fresh
+        block is the permutation alone.
+      clamp: soft-clamp constant.
+      seed: the permutation's seed (the block index).
+      legacy_permutation: draw it as AST/MADFlow do (``np.random.seed``), see :func:`permutation`.
+    """
+
+    channels: int
+    subnet: Callable[[int], nn.Module]
+    clamp: float = 1.9
+    seed: int = 0
+    legacy_permutation: bool = True
+
+    def setup(self):
+        self.permute = ChannelPermutation(self.channels, self.seed, self.legacy_permutation)
+        make = lambda flip: ChannelAffineCoupling(
+            self.channels, subnet=self.subnet, clamp=self.clamp, volume_norm="none", flip=flip
+        )
+        self.coupling2 = make(True)  # x2 conditions, x1 moves
+        self.coupling1 = make(False)  # y1 conditions, x2 moves
+
+    def forward_map(self, x, cond=None, *, train: bool = False):
+        """``(y, logdet_map [B, H, W])``."""
+        x, _ = self.permute.forward(x)
+        x, ld2 = self.coupling2.forward_map(x, cond, train=train)
+        x, ld1 = self.coupling1.forward_map(x, cond, train=train)
+        return x, ld1 + ld2
+
+    def inverse_map(self, y, cond=None, *, train: bool = False):
+        y, ld1 = self.coupling1.inverse_map(y, cond, train=train)
+        y, ld2 = self.coupling2.inverse_map(y, cond, train=train)
+        y, _ = self.permute.inverse(y)
+        return y, ld1 + ld2
+
+    def forward(self, x, cond=None, *, train: bool = False):
+        y, ld = self.forward_map(x, cond, train=train)
+        return y, jnp.sum(ld, axis=(1, 2))
+
+    def inverse(self, y, cond=None, *, train: bool = False):
+        x, ld = self.inverse_map(y, cond, train=train)
+        return x, jnp.sum(ld, axis=(1, 2))
 
 
 def nfbmr_nll(z: jax.Array, logdet: jax.Array, divide: bool = True) -> jax.Array:

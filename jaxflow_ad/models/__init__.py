@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "fair": "jaxflow_ad.models.fair:FAIR",
     "nfbmr": "jaxflow_ad.models.nfbmr:NFBMR",
     "masf": "jaxflow_ad.models.masf:MASF",
+    "madflow": "jaxflow_ad.models.madflow:MADFlow",
 }
 
 
