@@ -1,5 +1,6 @@
 """Pure jax.numpy.fft functions: high-pass filters, Sobel, Fourier loss, MASF's spectral split,
-masks, phase perturbation (TTSA) and distillation losses.
+masks, phase perturbation (TTSA) and distillation losses, and global (FFT) filters with filter-bank
+mixing (GFNet / DFFormer, MADFlow's FSE).
 
 ``jaxflow_ad.spectral.sobel`` is the Sobel module (its spatial filter is
 ``jaxflow_ad.spectral.sobel.sobel``); the package does not re-export that
@@ -17,6 +18,7 @@ from jaxflow_ad.spectral.filters import (
     rgb_to_gray,
 )
 from jaxflow_ad.spectral.fourier_loss import mean_abs_fft2, mean_abs_fft2_reference
+from jaxflow_ad.spectral.global_filter import filter_kernel, global_filter, mix_filter_bank
 from jaxflow_ad.spectral.masf import (
     amplitude_mse,
     apply_frequency_mask,
@@ -53,13 +55,16 @@ __all__ = [
     "ttsa_views",
     "butterworth_highpass",
     "central_difference_transfer",
+    "filter_kernel",
     "frequency_distance",
     "gaussian_highpass",
+    "global_filter",
     "highpass_filter",
     "highpass_transfer",
     "ideal_highpass",
     "mean_abs_fft2",
     "mean_abs_fft2_reference",
+    "mix_filter_bank",
     "rgb_to_gray",
     "sobel_features",
     "sobel_fft",
