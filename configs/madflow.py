@@ -109,7 +109,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every_steps = 50
 
     if arg in (None, ""):
-        c.data.categories = "puck,bun"
         c.data.image_size = 384
         c.data.mvtec3d.cloud_size = 128
         c.model.points.update(num_group=256, group_size=32)

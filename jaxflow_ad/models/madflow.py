@@ -504,6 +504,13 @@ def load_features(config: ml_collections.ConfigDict, need_points: bool):
             f"the offline stand-in. Convert them once with `{convert_command(str(b.arch))}` and pass "
             f"--config.model.backbone.weights=weights/{b.arch}.msgpack"
         )
+    p = config.model.points
+    if need_points and p.get("require_weights") and not p.get("weights"):
+        raise WeightsError(
+            "this config needs the Point-MAE weights (config key model.points.weights is empty). Convert them "
+            "once with `python -m third_party.convert --arch pointmae --src pointmae_pretrain.pth --dst "
+            "weights/pointmae` and pass --config.model.points.weights=weights/pointmae.msgpack"
+        )
     image = load_backbone(
         {
             "arch": str(b.arch),
@@ -519,12 +526,6 @@ def load_features(config: ml_collections.ConfigDict, need_points: bool):
     point_net = None
     if need_points:
         p = config.model.points
-        if p.get("require_weights") and not p.get("weights"):
-            raise WeightsError(
-                "this config needs the Point-MAE weights (config key model.points.weights is empty). Convert them "
-                "once with `python -m third_party.convert --arch pointmae --src pointmae_pretrain.pth --dst "
-                "weights/pointmae` and pass --config.model.points.weights=weights/pointmae.msgpack"
-            )
         points = load_backbone(
             {
                 "arch": "pointmae",
@@ -598,7 +599,7 @@ class MADFlow(Method):
             raise ConfigError(f"config key model.background={m.background!r}: use 'zero' or 'min'")
         self.uses_cma = self.fusion in NEEDS_CMA
         self.extractor = load_features(config, need_points=self.fusion in NEEDS_POINTS)
-        shapes = self.extractor.output_shapes_like(self._example_inputs(config))
+        shapes = self.extractor.output_shapes_like(self.example_inputs(config))
         self.s = shapes["rgb"][1]
         c_img, c_pc = shapes["rgb"][-1], shapes.get("points", (0,))[-1]
         c_d = shapes["depth"][-1]
@@ -674,7 +675,7 @@ class MADFlow(Method):
                 trainable=("flow",),
                 prepare_batch=self.prepare_batch,
                 learning_rate=lambda spe, o=o: step_lr(float(o.lr), spe, int(o.step_epochs), float(o.gamma)),
-                derive=self.difference_maps if self.uses_cma and m.get("cache_differences", True) else None,
+                derive=self.difference_maps if self.fusion == "cdcf" and m.get("cache_differences", True) else None,
             )
         )
         self.stages = tuple(stages)
@@ -687,7 +688,7 @@ class MADFlow(Method):
         return torch_adam(schedule, eps=float(o.eps), weight_decay=float(o.weight_decay))
 
     @staticmethod
-    def _example_inputs(config) -> dict:
+    def example_inputs(config) -> dict:
         size = int(config.data.image_size)
         opts = config.data[str(config.data.layout)]
         c = int(opts.get("cloud_size", 0)) or size
