@@ -85,24 +85,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs, jaxflow_ad
-from memory import peak_mb  # noqa: E402  (benchmarks/ is on sys.path)
+from memory import cpu_model, n_params, peak_mb, xla_mb  # noqa: E402  (benchmarks/ is on sys.path)
 
 VARIANTS = ("", "paper", "smoke")
 PAPER_FPS = 7.1  # Table 4, RTX 4090
 PAPER_PARAMS_M = 27.4  # Table 4 (trainable: CMA + FSFlow)
 OFFICIAL_CMA_M = 18.2  # the official FeatureProjectionConv(1152 -> 608)
 STEPS_PER_EPOCH = 10  # only the optimisers' schedules read it
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_config(a: argparse.Namespace):
@@ -173,21 +162,6 @@ def synthetic_inputs(n: int, image_size: int, cloud: int, rng) -> dict:
     }
 
 
-def _xla_mb(compiled) -> float:
-    mem = compiled.memory_analysis()
-    if mem is None:
-        return float("nan")
-    b = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
-    return b / 2**20
-
-
-def _n_params(tree) -> int:
-    import jax
-    import numpy as np
-
-    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
-
-
 def measure(a: argparse.Namespace, cfg, notes: list[str]) -> dict:
     """Build the method, initialise it and time every row; ``{"info": .., "rows": [..]}``."""
     import jax
@@ -218,7 +192,7 @@ def measure(a: argparse.Namespace, cfg, notes: list[str]) -> dict:
     def compiled(jitted, *args):
         t0 = time.perf_counter()
         c = jitted.lower(*args).compile()
-        return c, time.perf_counter() - t0, _xla_mb(c)
+        return c, time.perf_counter() - t0, xla_mb(c)
 
     # the extractor, its features at eval_bs (the cache) and their repetition to the training batches
     x0 = parallel.global_batch(mesh, {"x": inputs})["x"]
@@ -231,7 +205,7 @@ def measure(a: argparse.Namespace, cfg, notes: list[str]) -> dict:
     shapes = ext.output_shapes_like(method.example_inputs(cfg))
     example = {"features": {t: np.zeros(s, np.float32) for t, s in shapes.items()}}
     state = jax.jit(method.init)(key, example)
-    n_cma, n_flow = _n_params(state.params.get("cma", {})), _n_params(state.params["flow"])
+    n_cma, n_flow = n_params(state.params.get("cma", {})), n_params(state.params["flow"])
 
     rows = []
 
@@ -355,9 +329,9 @@ def measure(a: argparse.Namespace, cfg, notes: list[str]) -> dict:
         "cma_params": n_cma,
         "flow_params": n_flow,
         "trainable_params": n_cma + n_flow,
-        "extractor_image_params": _n_params(ext.variables["image"]),
-        "extractor_points_params": _n_params(ext.variables.get("points", {})),
-        "extractor_params": _n_params(ext.variables),
+        "extractor_image_params": n_params(ext.variables["image"]),
+        "extractor_points_params": n_params(ext.variables.get("points", {})),
+        "extractor_params": n_params(ext.variables),
         "process_peak_mb": peak_mb(),
         "device": str(dev.device_kind),
         "platform": dev.platform,

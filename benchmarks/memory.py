@@ -3,6 +3,7 @@ device peak bytes on GPU)."""
 
 from __future__ import annotations
 
+import platform
 import resource
 
 
@@ -49,3 +50,32 @@ def hwm_mb() -> float:
 
 def rss_mb() -> float:
     return status_mb("VmRSS")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for naming the machine a benchmark ran on."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def xla_mb(compiled) -> float:
+    """XLA's memory analysis of a compiled executable: arguments + outputs - aliased + temporaries, MB."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return float("nan")
+    b = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    return b / 2**20
+
+
+def n_params(tree) -> int:
+    """Number of scalars in a pytree of arrays."""
+    import jax
+    import numpy as np
+
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))

@@ -109,20 +109,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs, jaxflow_ad
-from memory import hwm_mb, peak_mb, reset_peak_rss, rss_mb  # noqa: E402  (benchmarks/ is on sys.path)
+from memory import cpu_model, hwm_mb, n_params, peak_mb, reset_peak_rss, rss_mb, xla_mb  # noqa: E402  (benchmarks/ is on sys.path)
 
 VARIANTS = ("", "paper", "smoke")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_config(a: argparse.Namespace):
@@ -156,23 +145,8 @@ def build_config(a: argparse.Namespace):
     return cfg, notes
 
 
-def _xla_mb(compiled) -> float:
-    mem = compiled.memory_analysis()
-    if mem is None:
-        return float("nan")
-    b = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
-    return b / 2**20
-
-
 def _init_opt(stage, spe, state):
     return stage.init_opt(state, spe)
-
-
-def _n_params(tree) -> int:
-    import jax
-    import numpy as np
-
-    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
 def row_names(a: argparse.Namespace) -> list[str]:
@@ -221,7 +195,7 @@ def measure(a: argparse.Namespace, wanted: list[str]) -> dict:
             x = parallel.global_batch(mesh, {"x": images[bs]})["x"]
             t0 = time.perf_counter()
             c = ext_jit.lower(variables, x).compile()
-            ext_exe[bs] = (c, time.perf_counter() - t0, _xla_mb(c))
+            ext_exe[bs] = (c, time.perf_counter() - t0, xla_mb(c))
         return ext_exe[bs]
 
     cached = {}  # batch size -> host features {tap: [B, h, w, c]}, what the cache holds
@@ -246,8 +220,8 @@ def measure(a: argparse.Namespace, wanted: list[str]) -> dict:
     init = jax.jit(lambda k: stages["flow"].init_opt(method.init(k, example), spe))
     state = parallel.to_replicated(mesh, init(jax.random.PRNGKey(0)))
     jax.block_until_ready(state)
-    n_flow = _n_params(state.params["flow"])
-    n_map = _n_params(state.params.get("mapping", {}))
+    n_flow = n_params(state.params["flow"])
+    n_map = n_params(state.params.get("mapping", {}))
     del init
     key = jax.random.PRNGKey(0)
 
@@ -278,7 +252,7 @@ def measure(a: argparse.Namespace, wanted: list[str]) -> dict:
                 b0 = parallel.global_batch(mesh, stage.prepare_batch(host, np.random.default_rng(0)))
                 t0 = time.perf_counter()
                 c = step_jit.lower(state, b0, key).compile()
-                exe[ekey] = (c, time.perf_counter() - t0, _xla_mb(c))
+                exe[ekey] = (c, time.perf_counter() - t0, xla_mb(c))
             step_c, compile_s, xla = exe[ekey]
 
             def step(batch):
@@ -305,7 +279,7 @@ def measure(a: argparse.Namespace, wanted: list[str]) -> dict:
                 b0 = parallel.global_batch(mesh, {"image": host_images, "features": feats})
                 t0 = time.perf_counter()
                 c = score_jit.lower(state, b0, key).compile()
-                exe[kind] = (c, time.perf_counter() - t0, _xla_mb(c))
+                exe[kind] = (c, time.perf_counter() - t0, xla_mb(c))
             score_c, compile_s, xla = exe[kind]
 
             def fetch(maps, scores):  # as engine.loop.score_split: maps and scores back on the host
@@ -383,7 +357,7 @@ def measure(a: argparse.Namespace, wanted: list[str]) -> dict:
         "mapper": str(cfg.model.mapper),
         "bmr_width": int(cfg.model.bmr.width),
         "bmr_blocks": int(cfg.model.bmr.blocks),
-        "extractor_params": _n_params(ext.variables),
+        "extractor_params": n_params(ext.variables),
         "flow_params": n_flow,
         "mapping_params": n_map,
         "flow_epochs": int(cfg.train.flow_epochs),

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 
 from jaxflow_ad.flows.coupling import torch_default_bias_init, torch_default_kernel_init
 from jaxflow_ad.nn.blocks import StarReLU
+from jaxflow_ad.nn.mapping import torch_conv
 from jaxflow_ad.spectral.global_filter import global_filter, mix_filter_bank
 
 MODES = ("gate", "add", "freq", "spatial")
@@ -99,18 +100,6 @@ def gated_sum(f_freq: jax.Array, f_spatial: jax.Array, logits: jax.Array) -> jax
 
 
 # ----------------------------------------------------------------------------- modules
-def _conv(features: int, k: int, cin: int, name: str) -> nn.Conv:
-    return nn.Conv(
-        features,
-        (k, k),
-        padding="SAME",
-        kernel_init=torch_default_kernel_init,
-        bias_init=torch_default_bias_init(k * k * cin),
-        precision=_HIGHEST,
-        name=name,
-    )
-
-
 def _dense(features: int, cin: int, name: str) -> nn.Dense:
     return nn.Dense(
         features,
@@ -135,8 +124,8 @@ class FrequencyRouting(nn.Module):
     def __call__(self, f_in: jax.Array) -> jax.Array:
         c = f_in.shape[-1]
         hidden = max(c // 2, 1)
-        h = nn.relu(_conv(hidden, 1, c, "conv_0")(f_in))
-        h = nn.relu(_conv(hidden, 3, hidden, "conv_1")(h))
+        h = nn.relu(torch_conv(hidden, 1, c, "conv_0", _HIGHEST)(f_in))
+        h = nn.relu(torch_conv(hidden, 3, hidden, "conv_1", _HIGHEST)(h))
         logits = _dense(self.num_filters * self.channels, hidden, "conv_2")(jnp.mean(h, axis=(1, 2)))
         return routing_softmax(logits, self.num_filters)
 
@@ -162,7 +151,10 @@ class SpatialRouting(nn.Module):
 
             layer0, layer1 = DeformConv2d(hidden, 3, name="dcn_0"), DeformConv2d(out, 3, name="dcn_1")
         else:
-            layer0, layer1 = _conv(hidden, 3, c, "conv_0"), _conv(out, 3, hidden, "conv_1")
+            layer0, layer1 = (
+                torch_conv(hidden, 3, c, "conv_0", _HIGHEST),
+                torch_conv(out, 3, hidden, "conv_1", _HIGHEST),
+            )
         h = layer1(nn.relu(layer0(f_in)))
         return routing_softmax(jnp.mean(h, axis=(1, 2)), self.num_filters)
 
@@ -239,7 +231,7 @@ class FSE(nn.Module):
         elif self.mode == "add":
             y = f_freq + f_spatial
         else:
-            logits = _conv(2, 1, 2 * c1, "gate")(jnp.concatenate([f_freq, f_spatial], axis=-1))
+            logits = torch_conv(2, 1, 2 * c1, "gate", _HIGHEST)(jnp.concatenate([f_freq, f_spatial], axis=-1))
             y = gated_sum(f_freq, f_spatial, logits)
         return _dense(c, c1, "proj_out")(y)
 

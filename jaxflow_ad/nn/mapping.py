@@ -65,14 +65,15 @@ def mapping_anomaly_map(y: jax.Array, z: jax.Array, y_hat: jax.Array, z_hat: jax
     return 0.5 * (jnp.sum((y - y_hat) ** 2, axis=-1) + jnp.sum((z - z_hat) ** 2, axis=-1))
 
 
-def _conv(features: int, ksize: int, fan_in_channels: int, name: str | None = None) -> nn.Conv:
-    """A biased 'same' conv with PyTorch's default initialisation."""
+def torch_conv(features: int, ksize: int, fan_in_channels: int, name: str | None = None, precision=None) -> nn.Conv:
+    """A biased 'same' conv with PyTorch's default initialisation (``fan_in_channels``: its input channels)."""
     return nn.Conv(
         features,
         (ksize, ksize),
         padding="SAME",
         kernel_init=torch_default_kernel_init,
         bias_init=torch_default_bias_init(ksize * ksize * fan_in_channels),
+        precision=precision,
         name=name,
     )
 
@@ -100,9 +101,9 @@ class BottleneckResidual(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.shape[-1] != self.width:
             raise ValueError(f"BottleneckResidual(width={self.width}) got {x.shape[-1]} channels")
-        h = nn.relu(_conv(self.bottleneck, 1, self.width, "conv0")(x))
-        h = nn.relu(_conv(self.bottleneck, self.ksize, self.bottleneck, "conv1")(h))
-        h = nn.relu(_conv(self.width, 1, self.bottleneck, "conv2")(h))
+        h = nn.relu(torch_conv(self.bottleneck, 1, self.width, "conv0")(x))
+        h = nn.relu(torch_conv(self.bottleneck, self.ksize, self.bottleneck, "conv1")(h))
+        h = nn.relu(torch_conv(self.width, 1, self.bottleneck, "conv2")(h))
         return x + h
 
 
@@ -122,13 +123,13 @@ class _ResidualPath(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = _conv(self.width, self.ksize_io, x.shape[-1], "conv_in")(x)
+        h = torch_conv(self.width, self.ksize_io, x.shape[-1], "conv_in")(x)
         for i in range(self.blocks):
             h = BottleneckResidual(self.width, self.bottleneck, name=f"pre_{i}")(h)
         h = self.middle(h)
         for i in range(self.blocks):
             h = BottleneckResidual(self.width, self.bottleneck, name=f"post_{i}")(h)
-        return _conv(self.out_channels, self.ksize_io, self.width, "conv_out")(h)
+        return torch_conv(self.out_channels, self.ksize_io, self.width, "conv_out")(h)
 
 
 class BidirectionalMapping(nn.Module):
@@ -199,7 +200,7 @@ class _ConvBNReLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        h = _conv(self.features, 1, x.shape[-1], "conv")(x)
+        h = torch_conv(self.features, 1, x.shape[-1], "conv")(x)
         h = nn.BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=1e-5, name="bn")(h)
         return nn.relu(h)
 
@@ -222,7 +223,7 @@ class _ProjectionPath(nn.Module):
         h = self.middle(h)
         h = _ConvBNReLU(2 * lat, m, name="dec0")(h, train)
         h = _ConvBNReLU(self.out_channels // 2 + lat, m, name="dec1")(h, train)
-        return _conv(self.out_channels, 1, h.shape[-1], "dec2")(h)
+        return torch_conv(self.out_channels, 1, h.shape[-1], "dec2")(h)
 
 
 class DualProjection(nn.Module):
@@ -257,7 +258,7 @@ class DualProjection(nn.Module):
 
     def setup(self):
         src, tgt = self.source_channels, self.target_channels or self.source_channels
-        self.shared = _conv(self.latent, 1, 2 * self.latent)
+        self.shared = torch_conv(self.latent, 1, 2 * self.latent)
         self.tmnn = _ProjectionPath(src, tgt, self.latent, self.shared, self.momentum)
         self.smnn = _ProjectionPath(tgt, src, self.latent, self.shared, self.momentum)
 
