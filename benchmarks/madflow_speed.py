@@ -72,7 +72,31 @@ engine's batch for it: ``train.cma_batch_size`` for the CMA step,
 ``train.batch_size`` for the flow steps, ``eval.batch_size`` for extraction,
 ``derive`` and scoring.
 
-Measured: see the README's MADFlow section.
+Measured on the development machine (2-core Intel Xeon VM, CPU only, JAX 0.10.2, idle but
+for this script), the default variant with the converted Lite0 weights and a random
+Point-MAE, ``.venv/bin/python benchmarks/madflow_speed.py --json runs/madflow_speed_cpu.json``
+(1 warm-up + 5 timed calls per row)::
+
+    | row                  | batch | compile s |  median s |    min s |    img/s |   XLA MB |
+    |----------------------|-------|-----------|-----------|----------|----------|----------|
+    | extract image        |     8 |      0.93 |    1.8296 |   1.8221 |     4.37 |    149.2 |
+    | extract              |     8 |      2.10 |    3.4988 |   3.4828 |     2.29 |    502.3 |
+    | cma step             |     8 |      1.49 |    0.6338 |   0.6238 |    12.62 |    776.8 |
+    | derive ano           |     8 |      0.26 |    0.2499 |   0.2473 |    32.01 |    353.9 |
+    | flow step cached     |     8 |      8.74 |    0.4664 |   0.4598 |    17.15 |    404.5 |
+    | flow step recompute  |     8 |      8.86 |    0.6775 |   0.6720 |    11.81 |    465.0 |
+    | score                |     8 |      1.85 |    0.3731 |   0.3669 |    21.44 |    380.5 |
+    | end-to-end           |     8 |      3.95 |    3.8999 |   3.8524 |     2.05 |    882.8 |
+
+Features rgb [12, 12, 384], points [12, 12, 1152], depth [12, 12, 64]; parameters: CMA
+6.01 M (half width, one x2 stage), FSFlow 5.69 M (448 channels), extractor 26.52 M (Lite0
+4.69 M, Point-MAE 21.83 M); peak RSS 2.2 GB. The cached difference maps make a flow step
+1.45x faster (0.47 s against 0.68 s); end to end 2.05 images/s, half of it Point-MAE. At the
+paper's setting (B5 at 768, G 1024 / M 128 at 224 px, the official CMA) the trainable
+parameters are 18.23 M (CMA) + 7.95 M (FSFlow, 672 channels) = 26.18 M against the paper's
+27.4 M (the code's FSE is twice as wide and has 4 filters). The paper setting was not timed:
+no GPU was lent to the session that built this, and on this CPU Point-MAE alone takes about
+12 s per cloud at G 1024.
 """
 
 from __future__ import annotations
