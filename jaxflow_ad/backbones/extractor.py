@@ -135,6 +135,23 @@ class FrozenExtractor:
         return {k: tuple(v.shape) for k, v in out.items()}
 
     @classmethod
+    def from_backbone_config(cls, b: Mapping[str, Any], taps) -> FrozenExtractor:
+        """From a method's ``model.backbone`` section: ``arch``, ``weights`` (empty: the offline
+        stand-in), ``random_init``, ``require_weights`` and, where the section has them,
+        ``padding`` and ``static_size`` (0: the architecture's native resolution)."""
+        cfg = {
+            "arch": str(b["arch"]),
+            "weights": b.get("weights") or None,
+            "random_init": bool(b.get("random_init", False)),
+            "require_weights": bool(b.get("require_weights", False)),
+        }
+        if b.get("padding") is not None:
+            cfg["padding"] = str(b["padding"])
+        if b.get("static_size") is not None:
+            cfg["static_size"] = int(b["static_size"]) or None
+        return cls.from_config(cfg, taps=tuple(str(t) for t in taps))
+
+    @classmethod
     def from_config(cls, cfg: Mapping[str, Any], taps: tuple[str, ...]) -> FrozenExtractor:
         """Build ``cfg["arch"]`` with ``taps`` and load its weights (:func:`load_backbone`).
 

@@ -296,17 +296,19 @@ def _padded_batches(split: data_lib.Split, batch_size: int):
         yield rows, parallel.pad_rows(split.take(rows), batch_size)
 
 
+def _per_sample(fn, state, split: data_lib.Split, mesh, batch_size: int):
+    """``fn(state, batch)`` jitted over ``split`` in order, through the mesh: one host pytree per batch,
+    padding rows removed."""
+    for rows, batch in _padded_batches(split, batch_size):
+        host = jax.device_get(fn(state, parallel.global_batch(mesh, batch)))
+        yield jax.tree_util.tree_map(lambda a, k=rows.size: np.asarray(a)[:k], host)
+
+
 def fit_statistics(method, state, split: data_lib.Split, mesh, batch_size: int, stats_fn=None, ctx=None):
     """``method``'s statistics over ``split`` (no augmentation), through the mesh; returns the
     state with them, replicated. The host sees per-sample outputs, padding rows removed."""
     fn = stats_fn or _Fn(ctx, "statistics", lambda: parallel.jit_score(mesh, method.statistics_batch))
-
-    def outputs():
-        for rows, batch in _padded_batches(split, batch_size):
-            host = jax.device_get(fn(state, parallel.global_batch(mesh, batch)))
-            yield jax.tree_util.tree_map(lambda a, k=rows.size: np.asarray(a)[:k], host)
-
-    stats = method.fit_statistics(state, outputs())
+    stats = method.fit_statistics(state, _per_sample(fn, state, split, mesh, batch_size))
     return parallel.to_replicated(mesh, state.replace(stats=stats))
 
 
@@ -314,10 +316,7 @@ def derive_split(fn, state, split: data_lib.Split, mesh, batch_size: int, ctx=No
     """``fn(state, batch)`` (a stage's :attr:`~jaxflow_ad.models.base.Stage.derive`) over ``split``
     in order, through the mesh: host arrays with one row per sample."""
     f = _Fn(ctx, name, lambda: parallel.jit_score(mesh, fn))
-    parts = []
-    for rows, batch in _padded_batches(split, batch_size):
-        host = jax.device_get(f(state, parallel.global_batch(mesh, batch)))
-        parts.append(jax.tree_util.tree_map(lambda a, k=rows.size: np.asarray(a)[:k], host))
+    parts = list(_per_sample(f, state, split, mesh, batch_size))
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
 
 

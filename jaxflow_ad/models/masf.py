@@ -240,13 +240,7 @@ def load_teacher(b: ml_collections.ConfigDict):
     """The frozen teacher as a :class:`~jaxflow_ad.backbones.FrozenExtractor` with ``b.taps``."""
     from jaxflow_ad.backbones import FrozenExtractor
 
-    cfg = {
-        "arch": str(b.arch),
-        "weights": b.get("weights") or None,
-        "random_init": bool(b.get("random_init", False)),
-        "require_weights": bool(b.get("require_weights", False)),
-    }
-    return FrozenExtractor.from_config(cfg, taps=tuple(str(t) for t in b.taps))
+    return FrozenExtractor.from_backbone_config(b, taps=b.taps)
 
 
 class MASF(Method):

@@ -142,15 +142,7 @@ def load_source(b: ml_collections.ConfigDict):
     """
     from jaxflow_ad.backbones import FrozenExtractor
 
-    cfg = {
-        "arch": str(b.arch),
-        "weights": b.get("weights") or None,
-        "random_init": bool(b.get("random_init", False)),
-        "require_weights": bool(b.get("require_weights", False)),
-        "padding": str(b.get("padding", "static")),
-        "static_size": int(b.get("static_size", 0)) or None,
-    }
-    return FrozenExtractor.from_config(cfg, taps=(str(b.tap),))
+    return FrozenExtractor.from_backbone_config(b, taps=(b.tap,))
 
 
 @dataclasses.dataclass(frozen=True)
