@@ -116,6 +116,7 @@ from jaxflow_ad.nn.blocks import (
     downsample2_bilinear,
     pixel_unshuffle,
     positional_encoding_2d,
+    resize_bilinear,
 )
 from jaxflow_ad.nn.conv import conv2d
 
@@ -130,19 +131,6 @@ UNSHUFFLE = 8  # F_d = PixelUnshuffle(8)(depth at 8S): 64 channels
 
 
 # ----------------------------------------------------------------------------- pure functions
-def resize_bilinear(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """``[B, H, W, C]`` -> ``[B, h, w, C]`` as torch's ``F.interpolate(mode="bilinear",
-    align_corners=False)``: half-pixel centres, no antialiasing (``jax.image.resize`` antialiases
-    when it shrinks; the code's resizes do not)."""
-    h, w = size
-    if (h, w) == tuple(x.shape[1:3]):
-        return x
-    scale = jnp.array([h / x.shape[1], w / x.shape[2]], jnp.float32)
-    return jax.image.scale_and_translate(
-        x, (x.shape[0], h, w, x.shape[3]), (1, 2), scale, jnp.zeros(2, jnp.float32), "linear", antialias=False
-    )
-
-
 def dilate(mask: jax.Array, size: int = 8) -> jax.Array:
     """``[B, H, W]`` binary dilation with a ``size x size`` square, as ``scipy.ndimage.binary_dilation``
     places an even kernel (AST's 8x8 foreground dilation at 8S): a pixel grows ``size // 2`` up and
@@ -191,7 +179,7 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
 def cma_loss(f_hat: jax.Array, aligned: jax.Array, mask: jax.Array, beta: float = 1.0, kind: str = "cos+mse"):
     """Stage 1 (Eq. 15 as the code computes it): over the pixels of ``mask`` ``[B, H, W]``,
     ``(1 - mean cos(f_hat, aligned)) + beta * mean (f_hat - aligned)^2`` (the MSE over pixels and
-    channels); ``kind`` keeps one term (Tab. 6). Returns ``(loss, {"cos": .., "mse": ..})``."""
+    channels); ``kind`` keeps one term (Tab. 6). Returns ``(loss, {"one_minus_cos": .., "mse": ..})``."""
     cos = jnp.sum(l2_normalize(f_hat, 1e-8) * l2_normalize(aligned, 1e-8), axis=-1)
     cos_term = 1.0 - masked_mean(cos, mask)
     mse = masked_mean(jnp.mean((f_hat - aligned) ** 2, axis=-1), mask)

@@ -22,7 +22,7 @@ _LAZY = {
     "pixel_shuffle": "blocks",
     "pixel_unshuffle": "blocks",
     "positional_encoding_2d": "blocks",
-    "upsample_bilinear": "blocks",
+    "resize_bilinear": "blocks",
     "DeformConv2d": "deform_conv",
     "deform_conv2d": "deform_conv",
     "FSE": "fse",
@@ -60,6 +60,6 @@ __all__ = [
     "pixel_unshuffle",
     "positional_encoding_2d",
     "uncertainty_weights",
-    "upsample_bilinear",
+    "resize_bilinear",
     "upsample_bilinear_align_corners",
 ]

@@ -10,7 +10,7 @@ operator and the test compares with a NumPy transcription of its definition.
   sub-pixel ``(i, j)`` of input channel ``c``).
 * :func:`downsample2_bilinear`: ``F.interpolate(scale_factor=0.5, mode="bilinear",
   align_corners=False)``, which is a 2x2 mean (no antialiasing in PyTorch's bilinear kernel).
-* :func:`upsample_bilinear`: ``F.interpolate(size=..., mode="bilinear", align_corners=False)``.
+* :func:`resize_bilinear`: ``F.interpolate(size=..., mode="bilinear", align_corners=False)``.
 * :class:`StarReLU`: ``s * relu(x) ** 2 + b`` (MetaFormer baselines, Yu et al. 2022; DFFormer).
 * :class:`SqueezeExcite`: Hu et al. 2018, in the bias-free form of the ``SEAttention`` that
   MADFlow's flow subnet uses.
@@ -85,7 +85,7 @@ def downsample2_bilinear(x: jax.Array) -> jax.Array:
     return x.reshape(b, h2, 2, w2, 2, c).mean(axis=(2, 4))
 
 
-def upsample_bilinear(x: jax.Array, size: tuple[int, int] | int) -> jax.Array:
+def resize_bilinear(x: jax.Array, size: tuple[int, int] | int) -> jax.Array:
     """PyTorch ``F.interpolate(x, size=size, mode="bilinear", align_corners=False)`` on NHWC.
 
     Half-pixel centres: output pixel ``o`` reads source coordinate

@@ -111,7 +111,7 @@ def test_downsample2_bilinear_is_torch_half_scale(shape):
 def test_upsample_bilinear_matches_torch_formula():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2, 3, 4, 2)).astype(np.float32)
-    y = np.asarray(blocks.upsample_bilinear(jnp.asarray(x), (24, 32)))  # x8
+    y = np.asarray(blocks.resize_bilinear(jnp.asarray(x), (24, 32)))  # x8
     assert y.shape == (2, 24, 32, 2)
     np.testing.assert_allclose(y, _nhwc(_torch_bilinear_nchw(_nchw(x), 24, 32)), atol=1e-6)
     # borders: source coordinates < 0 clamp to the first pixel, beyond the last to the last one
@@ -120,7 +120,7 @@ def test_upsample_bilinear_matches_torch_formula():
     # a non-integer downsampling to a given size is PyTorch's too (no antialiasing)
     z = rng.normal(size=(1, 7, 9, 2)).astype(np.float32)
     np.testing.assert_allclose(
-        np.asarray(blocks.upsample_bilinear(jnp.asarray(z), (3, 4))),
+        np.asarray(blocks.resize_bilinear(jnp.asarray(z), (3, 4))),
         _nhwc(_torch_bilinear_nchw(_nchw(z), 3, 4)),
         atol=1e-6,
     )
