@@ -19,8 +19,9 @@ Variants (``--config=configs/madflow.py:<arg>``):
   stage (20 epochs), FSFlow as in the paper (4 blocks, hidden 64, N = 3) for 24 epochs, batch 8
   (6 steps an epoch on the 48 training samples). Measured with ``python -m experiments.main
   --config=configs/madflow.py`` (seed 0) on the 2-core CPU, the Lite0 file converted and the
-  built-in set written beforehand: 4-5 min per object (features 45-55 s, CMA 120 steps and flow
-  144 steps about 3.3 min, evaluation 5-10 s)::
+  built-in set written beforehand: 11 min 1 s wall for the three objects on an idle CPU (per
+object: features 44-45 s, CMA 120 steps and flow 144 steps 155-163 s, evaluation 4 s; puck
+also 17 s of reading and 11 s of compilation, which the other two reuse)::
 
     | object | I-AUROC | P-AUROC | AUPRO | bump | cut | dent | hole | stain |
     |---|---|---|---|---|---|---|---|---|
