@@ -37,6 +37,18 @@ def convert_command(arch: str) -> str:
     return f"python -m third_party.convert --arch {arch} --src <torch checkpoint of {arch}> --dst weights/{arch}"
 
 
+def check_required_weights(cfg: Mapping[str, Any]) -> None:
+    """``cfg["require_weights"]`` (the ``paper`` variants) with no ``cfg["weights"]``: stop with an error
+    naming the convert command instead of falling back to the offline stand-in."""
+    arch = str(cfg["arch"])
+    if cfg.get("require_weights") and not cfg.get("weights"):
+        raise WeightsError(
+            f"this config needs the real {arch} weights (config key model.backbone.weights is empty) and "
+            f"refuses the offline stand-in. Convert them once with `{convert_command(arch)}` and pass "
+            f"--config.model.backbone.weights=weights/{arch}.msgpack"
+        )
+
+
 @dataclasses.dataclass(eq=False)
 class FrozenExtractor:
     """A frozen network and what it needs to be applied and cached.
@@ -162,13 +174,7 @@ class FrozenExtractor:
         from jaxflow_ad.backbones import load_backbone
 
         cfg = dict(cfg.items())
-        arch = cfg["arch"]
-        if cfg.get("require_weights") and not cfg.get("weights"):
-            raise WeightsError(
-                f"this config needs the real {arch} weights (config key model.backbone.weights is empty) and "
-                f"refuses the offline stand-in. Convert them once with `{convert_command(arch)}` and pass "
-                f"--config.model.backbone.weights=weights/{arch}.msgpack"
-            )
+        check_required_weights(cfg)
         cfg.pop("require_weights", None)
         cfg["weights"] = cfg.get("weights") or None
         cfg["taps"] = tuple(taps)

@@ -477,7 +477,7 @@ def load_features(config: ml_collections.ConfigDict, need_points: bool):
     backbone (``model.backbone``; offline: the Lite0 stand-in, its note kept) and, when
     ``need_points``, Point-MAE (``model.points``: converted weights or ``random_init``)."""
     from jaxflow_ad.backbones import FrozenExtractor, load_backbone
-    from jaxflow_ad.backbones.extractor import convert_command
+    from jaxflow_ad.backbones.extractor import check_required_weights
     from jaxflow_ad.backbones.weights import WeightsError
 
     b = config.model.backbone
@@ -486,12 +486,7 @@ def load_features(config: ml_collections.ConfigDict, need_points: bool):
         raise ConfigError(
             "config key model.backbone.taps is empty: name the image taps (B5: block19, block26, block35)"
         )
-    if b.get("require_weights") and not b.get("weights"):
-        raise WeightsError(
-            f"this config needs the real {b.arch} weights (config key model.backbone.weights is empty) and refuses "
-            f"the offline stand-in. Convert them once with `{convert_command(str(b.arch))}` and pass "
-            f"--config.model.backbone.weights=weights/{b.arch}.msgpack"
-        )
+    check_required_weights(b)
     p = config.model.points
     if need_points and p.get("require_weights") and not p.get("weights"):
         raise WeightsError(
