@@ -10,6 +10,11 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     # XLA's persistent compilation cache: "default" (~/.cache/jaxflow_ad/xla, or $JAXFLOW_AD_CACHE),
     # a folder, or "none"; a second run of a command then compiles nothing
     c.compile_cache = "default"
+    # categories trained and evaluated at the same time by threads of this process, sharing the device and
+    # the compiled executables: "auto" = 2 on a single CPU device (one step keeps 2 cores ~75 % busy; the
+    # second category fills the rest, same numbers), 1 on accelerators, meshes of several devices and
+    # multi-process runs; or a number (jaxflow_ad.engine.loop.category_workers)
+    c.parallel_categories = "auto"
 
     c.data = ml_collections.ConfigDict()
     c.data.root = ""  # "" = the built-in synthetic dataset
@@ -50,7 +55,9 @@ def base_config(model_name: str, *, augment: str, eval_batch_size: int) -> ml_co
     c.model.name = model_name
     c.train = ml_collections.ConfigDict()
     c.train.prefetch = 2  # batches prepared ahead by a background thread while the device steps (0: none)
-    c.train.sync_every = "auto"  # steps dispatched before their metrics are read back: auto = 1 on CPU, 10 else
+    # steps dispatched before their metrics are read back: auto = 1 on a mesh of several CPU devices (the
+    # 2-core collective deadlock of environment.md), 10 else
+    c.train.sync_every = "auto"
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = eval_batch_size

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import threading
 import time
 from collections.abc import Callable
 
@@ -45,6 +46,14 @@ def all_finite(tree) -> bool:
     """Whether every floating-point leaf of ``tree`` is finite (one device reduction per leaf)."""
     leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+
+
+# orbax numbers the saves of a process with one global operation id, which its asynchronous part reads
+# back: two managers saving at once in one process (categories in threads, parallel_categories) would wait
+# for each other's signals until orbax times out. A save therefore first waits for another manager's
+# save still in flight; a manager's own saves are ordered by orbax.
+_SAVE_LOCK = threading.Lock()
+_IN_FLIGHT: list = [None]
 
 
 class Checkpointer:
@@ -96,7 +105,12 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state.replace(stats={}))}
         if jax.tree_util.tree_leaves(state.stats):
             items["stats"] = ocp.args.StandardSave(state.stats)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        with _SAVE_LOCK:
+            other = _IN_FLIGHT[0]
+            if other is not None and other is not self.manager:
+                other.wait_until_finished()
+            self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+            _IN_FLIGHT[0] = self.manager
 
     def has_stats(self, step: int) -> bool:
         return (self.directory / str(step) / "stats").is_dir()
@@ -149,4 +163,7 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        with _SAVE_LOCK:
+            self.manager.close()
+            if _IN_FLIGHT[0] is self.manager:
+                _IN_FLIGHT[0] = None

@@ -261,8 +261,11 @@ def write_scores_csv(path: pathlib.Path, split, scores: np.ndarray, threshold: M
     write_text_atomic(path, buf.getvalue())
 
 
-def write_summary(workdir: pathlib.Path, results: Mapping[str, Mapping[str, float]], config_json: str) -> str:
-    """``metrics.json`` and ``results.md``; returns the table.
+def write_summary(
+    workdir: pathlib.Path, results: Mapping[str, Mapping[str, float]], config_json: str, run: Mapping | None = None
+) -> str:
+    """``metrics.json`` and ``results.md``; returns the table. ``run``: this run's ``wall_s`` and
+    ``parallel_categories`` (saved as ``metrics.json["run"]``).
 
     The rows of categories evaluated by earlier runs of this workdir and not by this one are kept (a
     rerun with fewer categories does not erase the others); the mean is over all rows."""
@@ -280,6 +283,8 @@ def write_summary(workdir: pathlib.Path, results: Mapping[str, Mapping[str, floa
     results = {**{c: previous[c] for c in kept}, **results}
     table = results_table(results)
     payload = {"categories": dict(results), "mean": mean_row(results), "config": json.loads(config_json)}
+    if run:
+        payload["run"] = dict(run)
     write_text_atomic(workdir / "metrics.json", json.dumps(payload, indent=2, sort_keys=True))
     text = "AUROC/AUPRO/AP/F1 in %.\n\n" + table
     if any("image_f1" in r for r in results.values()):
@@ -301,6 +306,11 @@ def write_summary(workdir: pathlib.Path, results: Mapping[str, Mapping[str, floa
         from jaxflow_ad.engine.timing import time_table
 
         text += "\nWhere the time went (s):\n\n" + time_table({c: r["time_s"] for c, r in results.items()})
+        if run and run.get("parallel_categories", 1) > 1:
+            text += (
+                f"\n{run['parallel_categories']} categories at a time (parallel_categories): each row is its "
+                f"category's own wall time; the run took {run['wall_s']:.1f} s.\n"
+            )
     if any(r.get("per_defect") for r in results.values()):
         text += "\nPer defect kind (its images against the good ones):\n\n" + defect_table(results)
     write_text_atomic(workdir / "results.md", text)

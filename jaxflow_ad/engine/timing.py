@@ -17,11 +17,11 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import pathlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -84,25 +84,38 @@ def _avals(tree) -> str:
 
 
 class CompileCache:
-    """Compiled executables by ``(key, argument shapes)`` for the lifetime of a run."""
+    """Compiled executables by ``(key, argument shapes)`` for the lifetime of a run.
+
+    Thread-safe: categories run by concurrent threads (``parallel_categories``) that need the same
+    executable compile it once; the others wait for it, and that wait is their ``compile`` time."""
 
     def __init__(self):
         self._store: dict[str, object] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
         self.compiled = 0  # how many compilations (a test counts them)
 
     def get(self, key: str, make_jitted: Callable[[], Callable], args: tuple, timings: Timings | None = None):
         """The executable of ``make_jitted()`` for ``args``: compiled on first use (timed as
         ``compile``), reused afterwards. ``key`` must identify the computation (method config and
         which function); the argument shapes, dtypes and shardings are added to it here."""
-        full = hashlib.sha256((key + _avals(args)).encode()).hexdigest()
-        if full not in self._store:
-            t0 = time.perf_counter()
-            self._store[full] = make_jitted().lower(*args).compile()
-            dt = time.perf_counter() - t0
-            self.compiled += 1
-            if timings is not None:
-                timings.add("compile", dt)
-        return self._store[full]
+        full = key + _avals(args)
+        exe = self._store.get(full)
+        if exe is not None:
+            return exe
+        with self._guard:
+            lock = self._locks.setdefault(full, threading.Lock())
+        t0 = time.perf_counter()
+        with lock:  # one compilation per executable; a second thread waits for the first's
+            exe = self._store.get(full)
+            if exe is None:
+                exe = make_jitted().lower(*args).compile()
+                with self._guard:
+                    self._store[full] = exe
+                    self.compiled += 1
+        if timings is not None:
+            timings.add("compile", time.perf_counter() - t0)
+        return exe
 
 
 # keys read only on the host (by Method.augment inside Stage.prepare_batch, which the contract keeps

@@ -46,6 +46,7 @@ FREE_KEYS = (
     "train.prefetch",
     "train.sync_every",
     "compile_cache",
+    "parallel_categories",
     "predict.",
 )
 

@@ -12,8 +12,10 @@ import time
 import pytest
 
 from jaxflow_ad import data, engine
+from jaxflow_ad.engine import loop
 from jaxflow_ad.engine.loop import _Prefetch
 from jaxflow_ad.engine.timing import PHASES, Timings
+from jaxflow_ad.errors import ConfigError
 from tests.engine import toy_method as toy
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -31,6 +33,7 @@ data.LAYOUTS["toy_two"] = data.Reader(
 def test_a_second_category_with_the_same_config_compiles_nothing(tmp_path, caplog):
     cfg = toy.get_config()
     cfg.data.layout = "toy_two"
+    cfg.parallel_categories = "1"
     with caplog.at_level("INFO", "jaxflow_ad"):
         results = engine.run(cfg, tmp_path, "all")
     first, second = results["toy"]["time_s"], results["twin"]["time_s"]
@@ -45,6 +48,81 @@ def test_a_second_category_with_the_same_config_compiles_nothing(tmp_path, caplo
     assert {k: v for k, v in results["toy"].items() if k not in strip} == {
         k: v for k, v in results["twin"].items() if k not in strip
     }
+
+
+STRIP = ("time_s", "train_time_s", "images_per_s")
+
+
+def test_categories_at_the_same_time_give_the_same_numbers_and_compile_once(tmp_path, caplog):
+    out, compiled = {}, {}
+    for n in (1, 2):
+        cfg = toy.get_config()
+        cfg.data.layout = "toy_two"
+        cfg.parallel_categories = str(n)
+        caplog.clear()
+        with caplog.at_level("INFO", "jaxflow_ad"):
+            results = engine.run(cfg, tmp_path / str(n), "all")
+        out[n] = {c: {k: v for k, v in r.items() if k not in STRIP} for c, r in results.items()}
+        compiled[n] = [r.getMessage() for r in caplog.records if "executables compiled" in r.getMessage()]
+        assert list(results) == ["toy", "twin"]  # in the configured order, whichever finished first
+    assert out[1] == out[2]
+    assert compiled[1][0].split(";")[1].split("\n")[0] == compiled[2][0].split(";")[1].split("\n")[0]
+    assert "2 categories at a time" in compiled[2][0] and "2 categories at a time" not in compiled[1][0]
+    summary = json.loads((tmp_path / "2" / "metrics.json").read_text())
+    assert summary["run"]["parallel_categories"] == 2 and summary["run"]["wall_s"] > 0
+    assert "2 categories at a time" in (tmp_path / "2" / "results.md").read_text()
+    # both trained from one executable per stage: the one that waited counts the wait as compile
+    times = {c: json.loads((tmp_path / "2" / c / "metrics.json").read_text())["time_s"] for c in out[2]}
+    assert all(t["compile"] > 0 for t in times.values()), times
+
+
+def test_a_failure_stops_the_running_category_with_a_checkpoint_and_starts_no_other():
+    started = []
+
+    def fn(category, stop):
+        started.append(category)
+        if category == "bad":
+            time.sleep(0.2)
+            raise ValueError("bad data")
+        assert stop.wait(10), "the failure did not reach the running category"
+        raise loop.Stopped(category, 3)
+
+    with pytest.raises(ValueError, match="bad data"):
+        loop._run_concurrently(fn, ["good", "bad", "later"], 2)
+    assert started == ["good", "bad"]
+
+
+def test_a_stopped_category_saves_a_checkpoint_and_a_rerun_gives_the_same_numbers(tmp_path):
+    cfg = toy.get_config()
+    cfg.data.layout = "toy_two"
+    root, _ = loop.resolve_data(cfg)
+    stop = threading.Event()
+    stop.set()  # as if another category had failed before the first step
+    with pytest.raises(loop.Stopped, match="toy: stopped at step 1 "):
+        loop.run_category(cfg, tmp_path / "cut", root, "toy", "all", stop=stop)
+    steps = sorted(int(p.name) for p in (tmp_path / "cut" / "toy" / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [1]
+    resumed = loop.run_category(cfg, tmp_path / "cut", root, "toy", "all")
+    whole = loop.run_category(cfg, tmp_path / "whole", root, "toy", "all")
+    assert {k: v for k, v in resumed.items() if k not in STRIP} == {k: v for k, v in whole.items() if k not in STRIP}
+
+
+def test_parallel_categories_auto_and_bad_values(monkeypatch):
+    cfg = toy.get_config()
+    assert loop.category_workers(cfg, 4) == 2  # one CPU device
+    assert loop.category_workers(cfg, 1) == 1
+    cfg.parallel_categories = "3"
+    assert loop.category_workers(cfg, 4) == 3
+    for bad in ("0", "two"):
+        cfg.parallel_categories = bad
+        with pytest.raises(ConfigError, match="parallel_categories="):
+            loop.category_workers(cfg, 4)
+    monkeypatch.setattr(loop.jax, "device_count", lambda: 4)
+    cfg.parallel_categories = "auto"
+    assert loop.category_workers(cfg, 4) == 1
+    cfg.parallel_categories = "2"
+    with pytest.raises(ConfigError, match="needs one device in one process; this run has 4 devices"):
+        loop.category_workers(cfg, 4)
 
 
 def test_prefetch_gives_the_same_model_as_none(tmp_path):
@@ -134,3 +212,51 @@ def test_reading_metrics_every_few_steps_changes_nothing_and_still_names_a_nan(t
         engine.run(cfg, tmp_path / "nan", "all")
     steps = sorted(int(p.name) for p in (tmp_path / "nan" / "toy" / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [8]
+
+
+def test_hugepage_malloc_env_only_where_it_changes_something():
+    from jaxflow_ad.hostmem import hugepage_malloc_env
+
+    madvise = "always [madvise] never\n"
+    env = hugepage_malloc_env({"PATH": "/bin"}, madvise, "glibc")
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    kept = hugepage_malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, madvise, "glibc")
+    assert kept["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert hugepage_malloc_env(env, madvise, "glibc") is None  # set already: no second exec
+    assert hugepage_malloc_env({}, "[always] madvise never", "glibc") is None
+    assert hugepage_malloc_env({}, "always madvise [never]", "glibc") is None
+    assert hugepage_malloc_env({}, madvise, "") is None  # musl and others
+    assert hugepage_malloc_env({"JAXFLOW_AD_HUGEPAGES": "0"}, madvise, "glibc") is None
+
+
+def test_the_command_line_runs_with_the_tunable_where_the_kernel_offers_huge_pages(tmp_path):
+    """The re-executed command sees GLIBC_TUNABLES (asked through a config file that records it)."""
+    from jaxflow_ad.hostmem import THP_ENABLED, hugepage_malloc_env
+
+    cfg = tmp_path / "probe.py"
+    cfg.write_text(
+        "import os, ml_collections\n"
+        "def get_config():\n"
+        f"    open({str(tmp_path / 'env.txt')!r}, 'w').write(os.environ.get('GLIBC_TUNABLES', ''))\n"
+        "    return ml_collections.ConfigDict()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env.pop("GLIBC_TUNABLES", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.main", f"--config={cfg}", f"--workdir={tmp_path / 'w'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]  # the empty config is refused, after the probe ran
+    try:
+        thp = THP_ENABLED.read_text()
+    except OSError:
+        thp = None
+    import platform
+
+    expected = hugepage_malloc_env({}, thp, platform.libc_ver()[0])
+    seen = (tmp_path / "env.txt").read_text()
+    assert seen == (expected["GLIBC_TUNABLES"] if expected else ""), (seen, thp)
