@@ -827,9 +827,9 @@ def run_category(
         test = reader.load_split(root, category, "test", size, resize=cfg.data.resize, **opts)
         validation = validation_split(cfg, reader, category, size, opts)
         rng = jax.random.PRNGKey(cfg.seed)
-        # one jitted program (through the run's and XLA's compilation caches), not hundreds of eager ops
-        # each compiled on its own: the same values, seconds less (PyramidFlow's quick start: 6.3 s -> 0.3 s)
-        init = _Fn(ctx, "init", lambda: jax.jit(method.init))
+        # Method.jit_init: one jitted program (through the run's and XLA's compilation caches), not hundreds
+        # of eager ops each compiled on its own (PyramidFlow's quick start: 6.3 s -> 0.5 s, the same values)
+        init = _Fn(ctx, "init", lambda: jax.jit(method.init)) if method.jit_init else method.init
         state = parallel.to_replicated(mesh, init(rng, example_batch(method, train)))
         if _is_main():  # what --mode=predict needs to restore without reading the data
             report.write_text_atomic(cat_dir / "plan.json", json.dumps({"train_images": len(train)}))

@@ -239,6 +239,10 @@ class Method:
 
     name: str = ""
     has_statistics: bool = False
+    # True: the engine runs :meth:`init` as one jitted program (through its compilation caches) instead
+    # of eagerly, op by op. Set by a method whose jitted init is tested to give bitwise the eager values
+    # (XLA may fuse an init's arithmetic differently: the toy's moves by 1 ulp)
+    jit_init: bool = False
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config

@@ -374,6 +374,7 @@ class PyramidFlow(Method):
 
     name = "pyramidflow"
     has_statistics = True
+    jit_init = True  # bitwise the eager init (tests/models/test_pyramidflow.py)
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)

@@ -240,3 +240,26 @@ def test_annealed_learning_rate_schedule_and_updates():
         u, st = tx.update(g, st, p)
         u_ref, st_ref = ref.update(g, st_ref, p)
         np.testing.assert_allclose(u, u_ref * rates[i] / o.lr, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "variant,model,size",
+    [
+        ("smoke", dict(channels=4, levels=3, stacks=1, ksize=3), 16),
+        ("smoke", dict(channels=4, levels=3, stacks=1, ksize=3, volume_norm="SVN", pyramid_down="avg"), 16),
+        pytest.param("", {}, 128, marks=pytest.mark.slow),  # the quick start: 6 s eager
+    ],
+)
+def test_jitted_init_is_bitwise_the_eager_one(variant, model, size):
+    """PyramidFlow sets Method.jit_init: the engine's jitted init must not move a single bit."""
+    assert pf.PyramidFlow.jit_init
+    cfg = pf_config.get_config(variant)
+    cfg.model.update(**model)
+    method = pf.PyramidFlow(cfg)
+    example = {"image": np.zeros((1, size, size, 3), np.uint8)}
+    eager = method.init(jax.random.PRNGKey(3), example)
+    jitted = jax.jit(method.init)(jax.random.PRNGKey(3), example)
+    a, b = jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted)
+    assert len(a) == len(b) > 10
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
