@@ -244,6 +244,23 @@ class _Fn:
         self.jitted = make() if ctx is None else None
         self.exes: dict = {}  # argument tree structure -> executable (a state gains statistics, say)
 
+    def compile_ahead(self, *args) -> None:
+        """Compile for arguments shaped like ``args`` in a background thread, so that the host
+        compiles while the device trains; a call before it is done waits for it (and counts the
+        wait as ``compile``). A failure here is left for that call to meet and report."""
+        if self.jitted is not None:
+            return
+        shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args)
+        key = f"{self.ctx.key}|{self.name}"
+
+        def work():
+            try:
+                self.ctx.compiled.get(key, self.make, shapes)
+            except Exception as e:  # noqa: BLE001 (the foreground call compiles again and raises)
+                log.debug("compiling %s ahead failed: %s", self.name, e)
+
+        threading.Thread(target=work, daemon=True, name="jaxflow_ad-compile-ahead").start()
+
     def __call__(self, *args):
         if self.jitted is not None:
             return self.jitted(*args)
@@ -457,6 +474,9 @@ def train_category(
             continue
         if start == b:
             state = parallel.to_replicated(mesh, stage.init_opt(state, spe))
+        if stats_fn is not None and p.index == len(plans) - 1:  # the statistics see this stage's state
+            _, first = next(_padded_batches(train, eval_bs))
+            stats_fn.compile_ahead(state, parallel.global_batch(mesh, first))
         split = train
         if stage.derive is not None:
             t0 = time.perf_counter()

@@ -260,3 +260,28 @@ def test_the_command_line_runs_with_the_tunable_where_the_kernel_offers_huge_pag
     expected = hugepage_malloc_env({}, thp, platform.libc_ver()[0])
     seen = (tmp_path / "env.txt").read_text()
     assert seen == (expected["GLIBC_TUNABLES"] if expected else ""), (seen, thp)
+
+
+def test_statistics_compile_ahead_while_training_and_only_once(tmp_path, monkeypatch):
+    from jaxflow_ad.engine import timing
+
+    made, counts = [], {}
+    real = timing.CompileCache.get
+
+    def get(self, key, make_jitted, args, timings=None):
+        def make():
+            made.append((key.rsplit("|", 1)[-1], threading.current_thread().name))
+            return make_jitted()
+
+        return real(self, key, make, args, timings)
+
+    monkeypatch.setattr(timing.CompileCache, "get", get)
+    cfg = toy.get_config()
+    r = engine.run(cfg, tmp_path / "ahead", "all")["toy"]
+    counts["ahead"] = len(made)
+    assert ("statistics", "jaxflow_ad-compile-ahead") in made, made
+    made.clear()
+    monkeypatch.setattr(loop._Fn, "compile_ahead", lambda self, *a: None)
+    r0 = engine.run(cfg, tmp_path / "inline", "all")["toy"]
+    assert len(made) == counts["ahead"]  # the one compiled ahead was used: nothing compiled twice
+    assert {k: v for k, v in r.items() if k not in STRIP} == {k: v for k, v in r0.items() if k not in STRIP}
