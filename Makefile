@@ -16,7 +16,7 @@ setup: $(BIN)/python
 setup-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
-# Train and evaluate PyramidFlow on the built-in dataset (about 5-6 minutes on 2 idle CPU cores).
+# Train and evaluate PyramidFlow on the built-in dataset (about 3 minutes on 2 idle CPU cores).
 run: setup
 	$(BIN)/python -m experiments.main --config=configs/pyramidflow.py --workdir=runs/pyramidflow
 

@@ -12,16 +12,18 @@ Variants (``--config=configs/pyramidflow.py:<arg>``):
 * ``""`` (default): quick-start run on all built-in categories, sized for a
   2-core CPU (128x128, C=16, L=4, D=2, kernel 7, batch 4, 6 epochs). Measured
   with ``make run`` on a fresh clone (venv + install included, built-in data
-  already cached), idle 2-core CPU: 5 min 21 s. The same numbers (to 3e-8) as
-  the code before the method contract, run the same hour.
+  already cached, compilation cache filled), idle 2-core CPU: 2 min 58 s, two
+  categories at a time (``parallel_categories``; "train s" is each category's
+  own wall time, img/s its scoring speed beside the other category). The same
+  numbers (to the bit) as the code before issue 18.
 
   | category | I-AUROC | P-AUROC | AUPRO | train s | img/s |
   |---|---|---|---|---|---|
-  | gravel | 91.8 | 98.4 | 91.9 | 66 | 23.1 |
-  | weave | 95.2 | 95.0 | 90.4 | 64 | 23.7 |
-  | coin | 100.0 | 99.2 | 96.6 | 62 | 23.9 |
-  | nut | 100.0 | 99.2 | 96.1 | 63 | 23.3 |
-  | mean | 96.7 | 97.9 | 93.8 | 64 | 23.5 |
+  | gravel | 91.8 | 98.4 | 91.9 | 70 | 17.0 |
+  | weave | 95.2 | 95.0 | 90.4 | 70 | 17.2 |
+  | coin | 100.0 | 99.2 | 96.6 | 67 | 17.0 |
+  | nut | 100.0 | 99.2 | 96.1 | 67 | 17.2 |
+  | mean | 96.7 | 97.9 | 93.8 | 69 | 17.1 |
 
 * ``paper``: the official FNF hyperparameters (256x256, C=16, L=4, D=4,
   kernel 7, batch 2, 15 epochs, per-category levels/VN/augmentation).
