@@ -14,8 +14,6 @@ the traceback is printed).
 """
 
 import logging
-import os
-import platform
 import sys
 
 from absl import app, flags
@@ -102,22 +100,8 @@ def main(argv):
             _fail(str(e), e)
 
 
-def _reexec_with_hugepage_malloc() -> None:
-    """Once, before anything is imported or allocated: the same command with glibc's malloc using
-    transparent huge pages where the kernel offers them on request (jaxflow_ad.hostmem.
-    hugepage_malloc_env: 8-10 % faster CPU training steps; ``JAXFLOW_AD_HUGEPAGES=0`` turns it off)."""
-    from jaxflow_ad.hostmem import THP_ENABLED, hugepage_malloc_env
-
-    try:
-        thp = THP_ENABLED.read_text()
-    except OSError:
-        return
-    env = hugepage_malloc_env(dict(os.environ), thp, platform.libc_ver()[0])
-    if env is not None:
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
-
-
 if __name__ == "__main__":
-    _reexec_with_hugepage_malloc()
+    from jaxflow_ad.hostmem import reexec_with_hugepage_malloc
+
+    reexec_with_hugepage_malloc()  # before JAX is imported or anything allocated
     app.run(main, flags_parser=parse_flags)

@@ -6,7 +6,10 @@ anything heavy, and re-executes itself with the environment it returns.
 
 from __future__ import annotations
 
+import os
 import pathlib
+import platform
+import sys
 
 THP_ENABLED = pathlib.Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -29,3 +32,16 @@ def hugepage_malloc_env(environ: dict[str, str], thp: str | None, libc: str) -> 
         return None
     tunables = ":".join(t for t in (environ.get("GLIBC_TUNABLES", ""), "glibc.malloc.hugetlb=1") if t)
     return dict(environ, GLIBC_TUNABLES=tunables)
+
+
+def reexec_with_hugepage_malloc() -> None:
+    """Re-execute this process' command once with :func:`hugepage_malloc_env`'s environment (the
+    command line and the benchmarks call it first thing); returns where that changes nothing."""
+    try:
+        thp = THP_ENABLED.read_text()
+    except OSError:
+        return
+    env = hugepage_malloc_env(dict(os.environ), thp, platform.libc_ver()[0])
+    if env is not None:
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

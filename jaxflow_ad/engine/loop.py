@@ -368,8 +368,9 @@ def category_workers(config, num_categories: int) -> int:
 
     ``"auto"``: 2 on a single CPU device, where one category's steps leave part of the cores idle
     (PyramidFlow's quick start used 148 % of 2 cores one category at a time, 188 % two at a time,
-    for 25 % less wall time and bitwise the same results; benchmarks/main_job.py), else 1. More than 1 is refused on a mesh of several devices
-    or several processes: every device would run two programs with collectives in no fixed order."""
+    for 25 % less wall time and bitwise the same results; benchmarks/main_job.py), else 1. More
+    than 1 is refused on a mesh of several devices or several processes: every device would run two
+    programs with collectives in no fixed order."""
     v = config.get("parallel_categories", "auto")
     multi = jax.device_count() > 1 or jax.process_count() > 1
     if v == "auto":
